@@ -1,0 +1,35 @@
+"""agentstream: a resilient Redis Streams worker pool for agent event streams."""
+
+from __future__ import annotations
+
+from agentstream._version import __version__
+from agentstream.errors import (
+    AgentStreamError,
+    AuthenticationError,
+    ConfigError,
+    ConnectionError,
+    DeadLetter,
+    HandlerConflict,
+    PermissionDenied,
+    Retry,
+    TransportError,
+)
+from agentstream.event import Event
+from agentstream.pool import RedisConnectionPool
+from agentstream.transport import RedisStreamTransport
+
+__all__ = [
+    "AgentStreamError",
+    "AuthenticationError",
+    "ConfigError",
+    "ConnectionError",
+    "DeadLetter",
+    "Event",
+    "HandlerConflict",
+    "PermissionDenied",
+    "RedisConnectionPool",
+    "RedisStreamTransport",
+    "Retry",
+    "TransportError",
+    "__version__",
+]

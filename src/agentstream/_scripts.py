@@ -1,0 +1,70 @@
+"""Lua scripts that make read-check-write steps on a consumer group atomic."""
+
+from __future__ import annotations
+
+# KEYS[1] stream; ARGV group, consumer, min_idle_ms, id...
+# Claims each id that is still pending and idle for at least min_idle_ms. An id
+# whose entry left the stream is acknowledged and reported as lost instead, so
+# that it is never retried forever. Returns {claimed, lost}, where each claimed
+# item is {id, fields, delivery_count}.
+CLAIM = """
+local claimed, lost = {}, {}
+local group, consumer, min_idle = ARGV[1], ARGV[2], tonumber(ARGV[3])
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  local p = redis.call('XPENDING', KEYS[1], group, id, id, 1)
+  if #p > 0 and tonumber(p[1][3]) >= min_idle then
+    if #redis.call('XRANGE', KEYS[1], id, id) == 0 then
+      redis.call('XACK', KEYS[1], group, id)
+      lost[#lost + 1] = id
+    else
+      local r = redis.call('XCLAIM', KEYS[1], group, consumer, min_idle, id)
+      if #r > 0 then
+        claimed[#claimed + 1] = {r[1][1], r[1][2], tonumber(p[1][4]) + 1}
+      end
+    end
+  end
+end
+return {claimed, lost}
+"""
+
+# KEYS[1] stream; ARGV group, consumer, id...
+# Resets the idle time of the ids this consumer still owns, without raising their
+# delivery count. An id that another consumer took over is left alone: taking it
+# back would let two live consumers handle it. Returns the renewed ids.
+RENEW = """
+local renewed = {}
+local group, consumer = ARGV[1], ARGV[2]
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  if #redis.call('XPENDING', KEYS[1], group, id, id, 1, consumer) > 0 then
+    redis.call('XCLAIM', KEYS[1], group, consumer, 0, id, 'JUSTID')
+    renewed[#renewed + 1] = id
+  end
+end
+return renewed
+"""
+
+# KEYS[1] stream; ARGV group, min_idle_ms, mode ("only" or "except"), name...
+# Removes consumers that own no pending entries and have been idle for at least
+# min_idle_ms, among the names given ("only") or all but them ("except").
+# Checking and deleting in one script means a consumer that reads an entry
+# meanwhile is never deleted with it (that would drop the entry from the group).
+# Returns the removed names.
+DELETE_IDLE_CONSUMERS = """
+local group, min_idle, only = ARGV[1], tonumber(ARGV[2]), ARGV[3] == 'only'
+local listed = {}
+for i = 4, #ARGV do listed[ARGV[i]] = true end
+local removed = {}
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], group)) do
+  local info = {}
+  for j = 1, #c, 2 do info[c[j]] = c[j + 1] end
+  local name = info['name']
+  if (listed[name] == true) == only and tonumber(info['pending']) == 0
+     and tonumber(info['idle']) >= min_idle then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], group, name)
+    removed[#removed + 1] = name
+  end
+end
+return removed
+"""

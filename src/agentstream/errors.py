@@ -1,0 +1,65 @@
+"""The exceptions agentstream raises."""
+
+from __future__ import annotations
+
+__all__ = [
+    "AgentStreamError",
+    "AuthenticationError",
+    "ConfigError",
+    "ConnectionError",
+    "DeadLetter",
+    "HandlerConflict",
+    "PermissionDenied",
+    "Retry",
+    "TransportError",
+]
+
+
+class AgentStreamError(Exception):
+    """Root of every error agentstream raises on purpose."""
+
+
+class ConfigError(AgentStreamError):
+    """The configuration is missing, malformed or names an invalid value.
+
+    The message names the offending field; the worker exits with status 78.
+    """
+
+
+class HandlerConflict(AgentStreamError):
+    """Two handlers were registered for the same stream and event type."""
+
+
+class TransportError(AgentStreamError):
+    """A Redis command failed; the message names the server, never a password."""
+
+
+class ConnectionError(TransportError):
+    """Redis could not be reached, or the connection broke mid-command."""
+
+
+class AuthenticationError(TransportError):
+    """Redis refused the credentials (wrong password or unknown user)."""
+
+
+class PermissionDenied(TransportError):
+    """Redis refused a command for the ACL user (NOPERM)."""
+
+
+class DeadLetter(Exception):
+    """Raised by a handler to send the event to the dead-letter stream now.
+
+    Args:
+        reason: a short machine-friendly reason stored with the dead letter.
+    """
+
+    def __init__(self, reason: str = "dead_letter") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Retry(Exception):
+    """Raised by a handler to leave the event unacknowledged for redelivery.
+
+    Unlike any other exception it is not logged as a failure.
+    """
