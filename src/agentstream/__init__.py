@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from agentstream._version import __version__
+from agentstream.app import App
+from agentstream.config import Settings, load_settings
 from agentstream.errors import (
     AgentStreamError,
     AuthenticationError,
@@ -20,6 +22,7 @@ from agentstream.transport import RedisStreamTransport
 
 __all__ = [
     "AgentStreamError",
+    "App",
     "AuthenticationError",
     "ConfigError",
     "ConnectionError",
@@ -30,6 +33,8 @@ __all__ = [
     "RedisConnectionPool",
     "RedisStreamTransport",
     "Retry",
+    "Settings",
     "TransportError",
     "__version__",
+    "load_settings",
 ]

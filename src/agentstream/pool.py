@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import redis
 import redis.asyncio as aioredis
@@ -10,7 +11,9 @@ import redis.asyncio.retry as aioretry
 import redis.retry
 from redis.backoff import ExponentialWithJitterBackoff
 
-__all__ = ["RedisConnectionPool"]
+from agentstream.config import RedisSettings
+
+__all__ = ["RedisConnectionPool", "pool_from_settings"]
 
 # redis-py's default read timeout (5 s) would cut off an XREADGROUP that blocks
 # longer; transports keep every blocking call below this value instead.
@@ -83,6 +86,15 @@ class RedisConnectionPool:
         return self._sync_pool
 
     @property
+    def secrets(self) -> list[str]:
+        """Passwords this pool connects with, to keep out of error messages."""
+        password = urlsplit(self._redis_url).password
+        found = [unquote(password)] if password else []
+        if self._kwargs.get("password"):
+            found.append(str(self._kwargs["password"]))
+        return found
+
+    @property
     def socket_timeout_s(self) -> float | None:
         """The read timeout of every connection, in seconds (None: no timeout)."""
         value = self._kwargs.get("socket_timeout")
@@ -136,3 +148,33 @@ class RedisConnectionPool:
                 await client.aclose()
         self._async_client = self._raw_async_client = None
         self.close()
+
+
+def pool_from_settings(
+    settings: RedisSettings, *, socket_timeout_s: float, max_connections: int
+) -> RedisConnectionPool:
+    """Build the worker's pool from ``[redis]`` settings (bytes, not decoded)."""
+    kwargs: dict[str, Any] = {
+        "socket_timeout": socket_timeout_s,
+        "socket_connect_timeout": settings.socket_connect_timeout_s,
+        "socket_keepalive": True,
+    }
+    if settings.username is not None:
+        kwargs["username"] = settings.username
+    password = settings.resolved_password()
+    if password is not None:
+        kwargs["password"] = password
+    if settings.url.startswith("rediss://"):
+        kwargs.update(
+            ssl_ca_certs=settings.ssl_ca_certs,
+            ssl_certfile=settings.ssl_certfile,
+            ssl_keyfile=settings.ssl_keyfile,
+            ssl_cert_reqs=settings.ssl_cert_reqs,
+            ssl_check_hostname=settings.ssl_check_hostname,
+        )
+    return RedisConnectionPool(
+        settings.url,
+        max_connections=max_connections,
+        decode_responses=False,
+        **kwargs,
+    )

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import anyio
 import redis.exceptions as rex
@@ -138,8 +138,7 @@ class RedisStreamTransport:
         self._owns_pool = pool is None
         self._pool = pool if pool is not None else RedisConnectionPool(redis_url)
         self._where = _location(self._pool.redis_url)
-        password = urlsplit(self._pool.redis_url).password
-        self._secrets = [s for s in (password and unquote(password),) if s]
+        self._secrets = self._pool.secrets
         self._sync = self._pool.get_sync_client()
         self._async = self._pool.get_async_client()
         self._raw = self._pool.get_raw_async_client()
@@ -379,25 +378,35 @@ class RedisStreamTransport:
     # -- worker reads (undecoded bytes, for the strict decoder) -----------------
 
     async def aread_batch(
-        self, consumer: str, count: int, block_ms: int | None
+        self,
+        consumer: str,
+        count: int,
+        block_ms: int | None,
+        ack_ids: Sequence[bytes | str] = (),
     ) -> list[tuple[bytes, RawFields]]:
         """Read new entries for ``consumer`` as undecoded ``(id, fields)`` pairs.
 
-        This is the worker's hot path: one XREADGROUP, no per-entry decoding. The
-        block is capped below the socket timeout; an empty list means no entry
-        arrived in time.
+        This is the worker's hot path: one XREADGROUP, no per-entry decoding, and
+        ``ack_ids`` acknowledged in the same round trip (pipelined before the
+        read). The block is capped below the socket timeout; an empty list means
+        no entry arrived in time.
         """
-        rows: Any = await self._acall(
-            "xreadgroup",
-            lambda: self._raw.xreadgroup(
-                self._group,
-                consumer,
-                {self._stream: ">"},
-                count=count,
-                block=self._block(block_ms),
-            ),
-            recreate=True,
-        )
+        block = self._block(block_ms)
+        streams: dict[Any, Any] = {self._stream: ">"}
+
+        async def read() -> Any:
+            if not ack_ids:
+                return await self._raw.xreadgroup(
+                    self._group, consumer, streams, count=count, block=block
+                )
+            async with self._raw.pipeline(transaction=False) as pipe:
+                pipe.xack(self._stream, self._group, *ack_ids)
+                pipe.xreadgroup(
+                    self._group, consumer, streams, count=count, block=block
+                )
+                return (await pipe.execute())[1]
+
+        rows: Any = await self._acall("xreadgroup", read, recreate=True)
         return rows[0][1] if rows else []
 
     async def aread_own_pending(

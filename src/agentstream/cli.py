@@ -1,0 +1,175 @@
+"""Command line of ``agentstream-worker``: arguments, exit codes, wiring."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+import anyio
+import structlog
+
+from agentstream._version import __version__
+from agentstream.app import App
+from agentstream.config import Settings, load_settings, redacted
+from agentstream.errors import ConfigError, TransportError
+from agentstream.logging import configure_logging
+from agentstream.pool import pool_from_settings
+from agentstream.supervisor import StartupError, Supervisor
+from agentstream.transport import RedisStreamTransport
+
+__all__ = [
+    "EXIT_CONFIG",
+    "EXIT_CRASH",
+    "EXIT_OK",
+    "EXIT_STARTUP",
+    "EXIT_USAGE",
+    "import_app",
+    "main",
+    "worker_main",
+]
+
+EXIT_OK = 0
+EXIT_CRASH = 1
+EXIT_USAGE = 2  # argparse's own status for bad arguments
+EXIT_STARTUP = 3
+EXIT_CONFIG = 78  # sysexits EX_CONFIG: systemd's RestartPreventExitStatus=78
+
+log = structlog.get_logger("agentstream.cli")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="agentstream-worker",
+        description="Consume Redis Streams through a consumer group and run "
+        "the handlers of an agentstream App.",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="TOML configuration file (see config.example.toml)",
+    )
+    parser.add_argument(
+        "--app",
+        metavar="MODULE:ATTR",
+        help="the App to run; overrides `app` in the file",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the configuration, import the app, ping Redis, and exit",
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    parser.add_argument("--process-index", type=int, help=argparse.SUPPRESS)
+    return parser
+
+
+def import_app(spec: str | None) -> App:
+    """Import the ``App`` named by ``"package.module:attribute"``.
+
+    The current directory is put on ``sys.path`` first, as uvicorn does.
+
+    Raises:
+        ConfigError: no app is named, or it cannot be imported, or it is not an App.
+    """
+    if not spec:
+        raise ConfigError('app: no app given; set app = "module:attribute" or --app')
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"app: {spec!r} is not of the form 'module:attribute'")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - any import failure is a config error
+        raise ConfigError(
+            f"app: cannot import {module_name!r}: {type(exc).__name__}: {exc}"
+        ) from None
+    app = getattr(module, attr, None)
+    if not isinstance(app, App):
+        raise ConfigError(f"app: {spec!r} is not an agentstream.App")
+    return app
+
+
+def worker_main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Entry point of ``agentstream-worker``."""
+    sys.exit(run_worker(argv))
+
+
+def run_worker(argv: Sequence[str] | None = None) -> int:
+    """Run the worker command line; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+        app = import_app(args.app or settings.app)
+    except ConfigError as exc:
+        print(f"agentstream-worker: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(settings.log)
+    if args.check:
+        return check(settings, app)
+    if settings.processes > 1 and args.process_index is None:
+        from agentstream.processes import run_processes
+
+        return run_processes(settings, list(argv if argv is not None else sys.argv[1:]))
+    supervisor = Supervisor(settings, app, args.process_index or 0)
+    try:
+        return anyio.run(supervisor.run, backend="asyncio")
+    except StartupError as exc:
+        print(f"agentstream-worker: cannot start: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except Exception:
+        log.exception("worker_crashed")
+        return EXIT_CRASH
+
+
+def check(settings: Settings, app: App) -> int:
+    """Print the resolved configuration and handlers, then ping Redis."""
+    print("configuration:")
+    print(json.dumps(redacted(settings), indent=2, default=str))
+    print("handlers:")
+    for handler in app.handlers:
+        where = handler.stream or "*"
+        kind = "async" if handler.is_async else "sync"
+        print(f"  stream={where} type={handler.event_type} -> {handler.name} ({kind})")
+    subscribed = {s.stream for s in settings.subscriptions}
+    for stream in sorted(app.streams() - subscribed):
+        print(f"warning: handlers for stream {stream!r}, which is not subscribed")
+
+    async def ping() -> None:
+        pool = pool_from_settings(
+            settings.redis, socket_timeout_s=5.0, max_connections=2
+        )
+        try:
+            for sub in settings.subscriptions:
+                transport = await RedisStreamTransport.aopen(
+                    sub.stream, consumer_group=sub.group, pool=pool
+                )
+                await transport.aping()
+                print(f"redis: ok ({transport.location}, {sub.stream}/{sub.group})")
+        finally:
+            await pool.aclose()
+
+    try:
+        anyio.run(ping, backend="asyncio")
+    except TransportError as exc:
+        print(f"agentstream-worker: redis check failed: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Entry point of the ``agentstream`` operator command."""
+    from agentstream.admin import run_admin
+
+    sys.exit(run_admin(argv))
+
+
+if __name__ == "__main__":
+    worker_main()

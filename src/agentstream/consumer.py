@@ -1,0 +1,375 @@
+"""Consumer: read a batch, dispatch each event to its handler, acknowledge."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, fields
+from typing import Any
+
+import anyio
+import structlog
+
+from agentstream.app import App
+from agentstream.config import Settings, SubscriptionSettings
+from agentstream.errors import DeadLetter, Retry
+from agentstream.event import Event, decode_event
+from agentstream.transport import RawEntry, RawFields, RedisStreamTransport
+
+__all__ = ["Consumer", "Tally"]
+
+log = structlog.get_logger("agentstream.consumer")
+
+_ERROR_MAX = 2000
+_monotonic = time.monotonic
+
+
+@dataclass(slots=True)
+class Tally:
+    """Outcome counts since the last time they were collected."""
+
+    ok: int = 0
+    retry: int = 0
+    failed: int = 0
+    timeout: int = 0
+    dead_letter: int = 0
+    unhandled: int = 0
+    malformed: int = 0
+    lost: int = 0
+
+    def take(self) -> dict[str, int]:
+        """Return the counts and reset them to zero."""
+        out = {}
+        for f in fields(self):
+            out[f.name] = getattr(self, f.name)
+            setattr(self, f.name, 0)
+        return out
+
+
+def describe_error(exc: BaseException) -> str:
+    """One-line ``Type: message`` of an exception, truncated for storage."""
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= _ERROR_MAX else text[: _ERROR_MAX - 3] + "..."
+
+
+class Consumer:
+    """One consumer of one consumer group: reads, dispatches and acknowledges.
+
+    Events are handled one after the other in stream order; acknowledgements are
+    gathered and sent with the next read (one XACK per batch) or at the latest
+    ``ack_interval_ms`` after the first of them. While a batch is being handled,
+    a companion task renews the lease of every entry still held, so that the
+    reaper does not hand a live event to another consumer, and cancels a handler
+    that outlives ``handler_timeout_s``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        transport: RedisStreamTransport,
+        app: App,
+        subscription: SubscriptionSettings,
+        settings: Settings,
+        limiter: anyio.CapacityLimiter,
+        on_read: Callable[[], None] | None = None,
+    ) -> None:
+        self.name = name
+        self._on_read = on_read
+        self.transport = transport
+        self.tally = Tally()
+        self.last_tick = _monotonic()
+        self._app = app
+        self._stream = transport.stream_name
+        self._group = transport.consumer_group
+        self._sub = subscription
+        self._settings = settings
+        self._limiter = limiter
+        self._unhandled_dead = settings.unhandled == "dead_letter"
+        self._timeout_s = settings.handler_timeout_s
+        self._ack_interval_s = settings.ack_interval_ms / 1000
+        self._lease_interval_s = settings.reaper.min_idle_ms / 3000
+        self._acks: list[bytes | str] = []
+        self._first_ack_at = 0.0
+        self._held: Sequence[Any] = ()
+        self._pos = 0
+        self._handler_started = 0.0
+        self._timed_out: int | None = None
+        self._scope: anyio.CancelScope | None = None
+        self._read_scope: anyio.CancelScope | None = None
+        self._last_renew = 0.0
+        self._stopping = False
+
+    # -- the loop ----------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop reading; the batch in hand is still handled and acknowledged."""
+        self._stopping = True
+        if self._read_scope is not None:
+            self._read_scope.cancel()
+
+    @property
+    def stopping(self) -> bool:
+        """Whether ``stop()`` was called."""
+        return self._stopping
+
+    async def run(self) -> None:
+        """Recover this consumer's own pending entries, then consume new ones."""
+        with structlog.contextvars.bound_contextvars(
+            stream=self._stream, group=self._group, consumer=self.name
+        ):
+            async with self.active():
+                await self.recover()
+                await self._consume()
+
+    @asynccontextmanager
+    async def active(self) -> AsyncIterator[None]:
+        """Keep leases renewed and timeouts enforced; flush acks on the way out."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._watch)
+            try:
+                yield
+            finally:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                    await self.flush_acks()
+                tg.cancel_scope.cancel()
+
+    async def recover(self) -> None:
+        """Re-read and handle the entries still pending on this consumer."""
+        after = "0"
+        while not self._stopping:
+            entries = await self.transport.aread_own_pending(
+                self.name, self._settings.batch_size, after
+            )
+            if not entries:
+                return
+            await self.process_entries(entries)
+            after = entries[-1].id
+
+    async def _consume(self) -> None:
+        transport = self.transport
+        count = self._settings.batch_size
+        block_ms = self._settings.block_ms
+        while not self._stopping:
+            self.last_tick = _monotonic()
+            batch: list[tuple[bytes, RawFields]] = []
+            with anyio.CancelScope() as scope:
+                self._read_scope = scope
+                if self._stopping:
+                    break
+                acks = self._acks
+                batch = await transport.aread_batch(self.name, count, block_ms, acks)
+                if acks:
+                    self._acks = []
+            self._read_scope = None
+            if self._on_read is not None:
+                self._on_read()
+            if batch:
+                await self.process(batch)
+
+    # -- handling ----------------------------------------------------------------
+
+    async def process_entries(self, entries: Sequence[RawEntry]) -> None:
+        """Handle claimed or re-read entries (with their delivery counts)."""
+        await self.process(
+            [(e.id, e.fields) for e in entries], [e.delivery_count for e in entries]
+        )
+
+    async def process(
+        self,
+        batch: Sequence[tuple[bytes | str, RawFields | None]],
+        counts: Sequence[int] | None = None,
+    ) -> None:
+        """Handle a batch in order; a handler timeout fails only its own event."""
+        self._held = batch
+        self._last_renew = _monotonic()
+        n = len(batch)
+        i = 0
+        try:
+            while i < n:
+                with anyio.CancelScope() as scope:
+                    self._scope = scope
+                    while i < n:
+                        self._pos = i
+                        entry_id, entry_fields = batch[i]
+                        await self._handle(
+                            entry_id, entry_fields, counts[i] if counts else 1
+                        )
+                        i += 1
+                        if self._acks and (
+                            _monotonic() - self._first_ack_at > self._ack_interval_s
+                        ):
+                            await self.flush_acks()
+                self._scope = None
+                if scope.cancelled_caught and self._timed_out == i:
+                    self._timed_out = None
+                    entry_id = batch[i][0]
+                    error = TimeoutError(
+                        f"handler exceeded handler_timeout_s={self._timeout_s}"
+                    )
+                    await self._failed(_text(entry_id), error, "timeout")
+                    i += 1
+        finally:
+            self._held = ()
+            self._scope = None
+            self._handler_started = 0.0
+
+    async def _handle(
+        self, raw_id: bytes | str, entry_fields: RawFields | None, count: int
+    ) -> None:
+        entry_id = raw_id.decode() if type(raw_id) is bytes else raw_id
+        assert type(entry_id) is str
+        if entry_fields is None:
+            self.tally.lost += 1
+            log.error("event_lost", event_id=entry_id, reason="data gone from stream")
+            self._ack(raw_id)
+            return
+        event = decode_event(
+            self._stream, entry_id, entry_fields, count, self.name, self._group
+        )
+        if type(event) is str:
+            self.tally.malformed += 1
+            log.warning("event_malformed", event_id=entry_id, reason=event)
+            await self.dead_letter(entry_id, entry_fields, "malformed", event, count)
+            return
+        assert isinstance(event, Event)
+        handler = self._app.resolve(self._stream, event.type)
+        if handler is None:
+            self.tally.unhandled += 1
+            if self._unhandled_dead:
+                await self.dead_letter(
+                    entry_id, entry_fields, "unhandled", "no handler", count
+                )
+            else:
+                self._ack(raw_id)
+            return
+        self._handler_started = _monotonic()
+        try:
+            if handler.is_async:
+                await handler.func(event)
+            else:
+                await anyio.to_thread.run_sync(
+                    handler.func, event, limiter=self._limiter, abandon_on_cancel=True
+                )
+        except DeadLetter as exc:
+            self._handler_started = 0.0
+            self.tally.dead_letter += 1
+            await self.dead_letter(
+                entry_id, entry_fields, exc.reason, describe_error(exc), count
+            )
+        except Retry:
+            self._handler_started = 0.0
+            self.tally.retry += 1
+        except Exception as exc:  # noqa: BLE001 - a handler failure stops here
+            self._handler_started = 0.0
+            await self._failed(entry_id, exc, "failed", event)
+        else:
+            self._handler_started = 0.0
+            self.tally.ok += 1
+            self._ack(raw_id)
+
+    def _ack(self, raw_id: bytes | str) -> None:
+        if not self._acks:
+            self._first_ack_at = _monotonic()
+        self._acks.append(raw_id)
+
+    async def _failed(
+        self,
+        entry_id: str,
+        exc: BaseException,
+        kind: str,
+        event: Event | None = None,
+    ) -> None:
+        if kind == "timeout":
+            self.tally.timeout += 1
+        else:
+            self.tally.failed += 1
+        log.error(
+            "handler_failed" if kind == "failed" else "handler_timeout",
+            event_id=entry_id,
+            event_type=event.type if event else None,
+            delivery_count=event.delivery_count if event else None,
+            exc_info=exc if kind == "failed" else None,
+            error=describe_error(exc),
+        )
+        text = describe_error(exc)
+        if kind == "failed":
+            text += "\n" + "".join(traceback.format_exception(exc)[-3:])[-1000:]
+        await self.transport.aset_last_error(
+            entry_id, text, self._settings.reaper.error_ttl_s
+        )
+
+    async def dead_letter(
+        self,
+        entry_id: str,
+        entry_fields: RawFields | None,
+        reason: str,
+        error: str,
+        delivery_count: int,
+    ) -> None:
+        """Move one entry to the dead-letter stream (and acknowledge it)."""
+        await self.transport.adead_letter(
+            entry_id,
+            entry_fields,
+            self._sub.dead_letter_key,
+            {
+                "reason": reason,
+                "error": error[:_ERROR_MAX],
+                "delivery_count": str(delivery_count),
+            },
+            self._sub.dead_letter_max_len,
+        )
+        log.warning(
+            "event_dead_lettered",
+            event_id=entry_id,
+            reason=reason,
+            error=error,
+            dead_letter_stream=self._sub.dead_letter_key,
+        )
+
+    async def flush_acks(self) -> None:
+        """Send the gathered acknowledgements now."""
+        if self._acks:
+            acks = self._acks
+            await self.transport.aack(acks)
+            if acks is self._acks:
+                self._acks = []
+
+    # -- leases and timeouts -----------------------------------------------------
+
+    def held_ids(self) -> list[str]:
+        """Ids this consumer holds: the rest of its batch and unsent acks."""
+        held = [_text(e[0]) for e in self._held[self._pos :]]
+        held.extend(_text(i) for i in self._acks)
+        return held
+
+    async def _watch(self) -> None:
+        tick = min(self._lease_interval_s, self._timeout_s / 4, 1.0)
+        while True:
+            await anyio.sleep(tick)
+            now = _monotonic()
+            started = self._handler_started
+            if started and now - started > self._timeout_s and self._scope:
+                self._timed_out = self._pos
+                self._scope.cancel()
+            if self._held and now - self._last_renew >= self._lease_interval_s:
+                self._last_renew = now
+                await self._renew()
+
+    async def _renew(self) -> None:
+        ids = self.held_ids()
+        if not ids:
+            return
+        try:
+            renewed = await self.transport.arenew(self.name, ids)
+        except Exception as exc:  # noqa: BLE001 - the next tick tries again
+            log.warning("lease_renew_failed", error=describe_error(exc))
+            return
+        if len(renewed) < len(ids):
+            lost = sorted(set(ids) - set(renewed))
+            log.warning("lease_lost", event_ids=lost[:20], count=len(lost))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

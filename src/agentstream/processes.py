@@ -1,0 +1,119 @@
+"""Several worker processes on one machine, kept alive by a parent."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from collections.abc import Sequence
+
+import anyio
+import anyio.abc
+import structlog
+
+from agentstream.config import Settings
+from agentstream.supervisor import jittered
+
+__all__ = ["run_processes"]
+
+log = structlog.get_logger("agentstream.processes")
+
+# Children exiting with these will fail the same way again: stop them all.
+_FATAL = {3, 78}
+_MAX_BACKOFF_S = 30.0
+
+
+class _Parent:
+    def __init__(self, settings: Settings, argv: Sequence[str]) -> None:
+        self.settings = settings
+        self.argv = list(argv)
+        self.children: dict[int, anyio.abc.Process] = {}
+        self.stopping = anyio.Event()
+        self.status = 0
+        self.all_exited = anyio.Event()
+        self._alive = 0
+
+    def command(self, index: int) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "agentstream.cli",
+            *self.argv,
+            "--process-index",
+            str(index),
+        ]
+
+    async def run(self) -> int:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.watch_signals)
+            for index in range(self.settings.processes):
+                tg.start_soon(self.keep_alive, index)
+            await self.stopping.wait()
+            with anyio.move_on_after(self.settings.shutdown_timeout_s + 5) as scope:
+                await self.all_exited.wait()
+            if scope.cancelled_caught:
+                self.signal_all(signal.SIGKILL)
+            tg.cancel_scope.cancel()
+        return self.status
+
+    async def keep_alive(self, index: int) -> None:
+        self._alive += 1
+        try:
+            await self._keep_alive(index)
+        finally:
+            self._alive -= 1
+            if self._alive == 0:
+                self.all_exited.set()
+
+    async def _keep_alive(self, index: int) -> None:
+        delay = 0.5
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            process = await anyio.open_process(
+                self.command(index), stdin=None, stdout=None, stderr=None
+            )
+            self.children[index] = process
+            log.info("process_started", process=index, pid=process.pid)
+            try:
+                status = await process.wait()
+            finally:
+                self.children.pop(index, None)
+            if self.stopping.is_set():
+                return
+            if status in _FATAL:
+                log.error("process_failed", process=index, status=status)
+                self.status = status
+                self.stop()
+                return
+            if time.monotonic() - started > 60:
+                delay = 0.5
+            log.warning("process_exited", process=index, status=status, delay_s=delay)
+            with anyio.move_on_after(jittered(delay)):
+                await self.stopping.wait()
+            delay = min(delay * 2, _MAX_BACKOFF_S)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.signal_all(signal.SIGTERM)
+
+    def signal_all(self, signum: signal.Signals) -> None:
+        for process in list(self.children.values()):
+            if process.returncode is None:
+                process.send_signal(signum)
+
+    async def watch_signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("signal_received", signal=signal.Signals(signum).name)
+                # A second signal reaches the children as their second: they
+                # stop at once.
+                self.stop()
+
+
+def run_processes(settings: Settings, argv: Sequence[str]) -> int:
+    """Run ``settings.processes`` worker processes until a signal stops them.
+
+    A child that dies for any reason (even ``kill -9``) is started again with a
+    capped backoff; a child that fails on configuration or startup stops all.
+    """
+    return anyio.run(_Parent(settings, argv).run, backend="asyncio")

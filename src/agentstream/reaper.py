@@ -1,0 +1,154 @@
+"""Reaper: find stale pending entries, then claim or dead-letter them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+
+import anyio
+import structlog
+
+from agentstream.config import ReaperSettings
+from agentstream.consumer import Consumer
+from agentstream.transport import PendingEntry
+
+__all__ = ["Reaper", "SweepResult", "backoff_ms"]
+
+log = structlog.get_logger("agentstream.reaper")
+
+
+def backoff_ms(settings: ReaperSettings, delivery_count: int) -> int:
+    """Idle time an entry needs before its next delivery: doubling, capped."""
+    exponent = min(max(delivery_count - 1, 0), 40)
+    return int(min(settings.min_idle_ms * 2**exponent, settings.max_backoff_ms))
+
+
+@dataclass(slots=True)
+class SweepResult:
+    """What one sweep found and did."""
+
+    scanned: int = 0
+    claimed: int = 0
+    dead_lettered: int = 0
+    lost: int = 0
+    waiting: int = 0
+    removed_consumers: list[str] = field(default_factory=list)
+    duration_s: float = 0.0
+
+
+class Reaper:
+    """Sweeps one consumer group for entries whose consumer stopped handling them.
+
+    An entry idle for ``min_idle_ms`` has no live handler: live consumers renew
+    their leases well before that. Such an entry is dead-lettered once its
+    delivery count reached ``max_deliveries``; otherwise, once its idle time
+    reached the backoff for its delivery count, it is claimed for this reaper's
+    own consumer and handled like any event. Consumers that own nothing and idled
+    for ``consumer_ttl_s`` are removed from the group.
+
+    Several reapers (processes, replicas) may sweep one group at once: claims are
+    atomic and check idle time again, so an entry goes to one of them only.
+    """
+
+    def __init__(
+        self,
+        consumer: Consumer,
+        settings: ReaperSettings,
+        live_consumers: Collection[str],
+    ) -> None:
+        self.consumer = consumer
+        self._settings = settings
+        self._live = live_consumers
+        self._wake = anyio.Event()
+
+    def stop(self) -> None:
+        """Stop sweeping; an entry being handled is still finished."""
+        self.consumer.stop()
+        self._wake.set()
+
+    async def run(self, on_sweep: Callable[[SweepResult], None] | None = None) -> None:
+        """Sweep every ``interval_s`` until stopped, handling what it claims."""
+        consumer = self.consumer
+        with structlog.contextvars.bound_contextvars(
+            stream=consumer.transport.stream_name,
+            group=consumer.transport.consumer_group,
+            consumer=consumer.name,
+        ):
+            await self._run(on_sweep)
+
+    async def _run(self, on_sweep: Callable[[SweepResult], None] | None) -> None:
+        consumer = self.consumer
+        async with consumer.active():
+            await consumer.recover()
+            while not consumer.stopping:
+                consumer.last_tick = time.monotonic()
+                result = await self.sweep()
+                if on_sweep is not None:
+                    on_sweep(result)
+                with anyio.move_on_after(self._settings.interval_s):
+                    await self._wake.wait()
+
+    async def sweep(self) -> SweepResult:
+        """Run one sweep over the pending list; returns what it did."""
+        started = time.monotonic()
+        result = SweepResult()
+        transport = self.consumer.transport
+        settings = self._settings
+        start = "-"
+        while True:
+            page = await transport.apending_range(
+                settings.batch, min_idle_ms=settings.min_idle_ms, start=start
+            )
+            result.scanned += len(page)
+            due: list[PendingEntry] = []
+            for entry in page:
+                if entry.delivery_count >= settings.max_deliveries or (
+                    entry.idle_ms >= backoff_ms(settings, entry.delivery_count)
+                ):
+                    due.append(entry)
+                else:
+                    result.waiting += 1
+            if due:
+                await self._take(due, result)
+            if len(page) < settings.batch or self.consumer.stopping:
+                break
+            start = "(" + page[-1].id
+        result.removed_consumers = await transport.adelete_idle_consumers(
+            int(settings.consumer_ttl_s * 1000), sorted(self._live)
+        )
+        if result.removed_consumers:
+            log.info("consumers_removed", names=result.removed_consumers)
+        result.duration_s = time.monotonic() - started
+        return result
+
+    async def _take(self, due: list[PendingEntry], result: SweepResult) -> None:
+        consumer = self.consumer
+        transport = consumer.transport
+        claim = await transport.aclaim_entries(
+            consumer.name, self._settings.min_idle_ms, [e.id for e in due]
+        )
+        for entry_id in claim.lost:
+            log.error("event_lost", event_id=entry_id, reason="data gone from stream")
+        result.lost += len(claim.lost)
+        consumer.tally.lost += len(claim.lost)
+        retry = []
+        for entry in claim.entries:
+            deliveries = entry.delivery_count - 1  # the claim itself counted one
+            if deliveries >= self._settings.max_deliveries:
+                error = await transport.aget_last_error(entry.id)
+                await consumer.dead_letter(
+                    entry.id,
+                    entry.fields,
+                    "max_deliveries",
+                    error or "unknown (no error recorded)",
+                    deliveries,
+                )
+                consumer.tally.dead_letter += 1
+                result.dead_lettered += 1
+            else:
+                retry.append(entry)
+        if retry:
+            result.claimed += len(retry)
+            log.info("events_claimed", count=len(retry), consumer=consumer.name)
+            await consumer.process_entries(retry)

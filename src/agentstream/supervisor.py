@@ -1,0 +1,277 @@
+"""Supervisor: one worker process's consumers and reapers, restarts and shutdown."""
+
+from __future__ import annotations
+
+import random
+import signal
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from functools import partial
+
+import anyio
+import structlog
+
+from agentstream.app import App
+from agentstream.config import Settings, SubscriptionSettings
+from agentstream.consumer import Consumer, describe_error
+from agentstream.errors import AuthenticationError, PermissionDenied, TransportError
+from agentstream.pool import RedisConnectionPool, pool_from_settings
+from agentstream.reaper import Reaper, SweepResult
+from agentstream.transport import RedisStreamTransport
+
+__all__ = ["RedisState", "StartupError", "Supervisor"]
+
+log = structlog.get_logger("agentstream.supervisor")
+
+_MAX_BACKOFF_S = 30.0
+# A loop that ran this long before failing starts its backoff from scratch.
+_HEALTHY_RUN_S = 60.0
+
+
+class StartupError(Exception):
+    """The worker cannot start and retrying will not help (credentials, ACL)."""
+
+
+class RedisState:
+    """Whether Redis answers; logs once per change of state, not per failure."""
+
+    def __init__(self) -> None:
+        self.up = True
+
+    def failed(self, exc: BaseException) -> None:
+        """Record a failed Redis call."""
+        if self.up:
+            self.up = False
+            log.error("redis_unavailable", error=describe_error(exc))
+
+    def answered(self) -> None:
+        """Record a successful Redis call."""
+        if not self.up:
+            self.up = True
+            log.info("redis_available")
+
+
+def jittered(delay_s: float) -> float:
+    """``delay_s`` with +-25 % jitter, so restarting peers do not stampede."""
+    return delay_s * random.uniform(0.75, 1.25)
+
+
+class Supervisor:
+    """Runs every consumer and reaper of one worker process in one task group.
+
+    The first SIGTERM or SIGINT stops reading and lets in-flight handlers finish
+    for up to ``shutdown_timeout_s``; a second one cancels everything at once.
+    Whatever is not acknowledged stays pending for the reaper: nothing is lost.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        app: App,
+        process_index: int = 0,
+        *,
+        handle_signals: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.app = app
+        self.process_index = process_index
+        self.redis = RedisState()
+        self.consumers: list[Consumer] = []
+        self.reapers: list[Reaper] = []
+        self.sweeps: list[SweepResult] = []
+        self.restarts = 0
+        self.started = anyio.Event()
+        self._handle_signals = handle_signals
+        self._stopping = anyio.Event()
+        self._forced = False
+        self._force = anyio.Event()
+        self._running = 0
+        self._all_done = anyio.Event()
+        prefix = settings.name_prefix or socket.gethostname()
+        self._name_base = f"{prefix}-{process_index}"
+
+    def consumer_name(self, index: int | str) -> str:
+        """The stable name of this process's consumer ``index``."""
+        return f"{self._name_base}-{index}"
+
+    def stop(self, force: bool = False) -> None:
+        """Begin a graceful stop; a second call (or ``force``) stops at once."""
+        if force or self._stopping.is_set():
+            self._forced = True
+            self._force.set()
+        self._stopping.set()
+
+    async def run(self) -> int:
+        """Run until stopped; returns the process exit status."""
+        settings = self.settings
+        pool = pool_from_settings(
+            settings.redis,
+            socket_timeout_s=settings.block_ms / 1000 + 10,
+            max_connections=settings.redis.max_connections
+            + settings.consumers * len(settings.subscriptions),
+        )
+        try:
+            async with anyio.create_task_group() as tg:
+                if self._handle_signals:
+                    tg.start_soon(self._watch_signals)
+                tg.start_soon(self._watch_force, tg.cancel_scope)
+                transports = await self._open(pool)
+                if transports is None:  # stopped while waiting for Redis
+                    tg.cancel_scope.cancel()
+                    return 0
+                self._start_loops(tg, transports)
+                self.started.set()
+                log.info(
+                    "worker_started",
+                    process=self.process_index,
+                    consumers=[c.name for c in self.consumers],
+                    streams=[t.stream_name for t in transports],
+                )
+                await self._stopping.wait()
+                log.info("worker_stopping", grace_s=settings.shutdown_timeout_s)
+                for consumer in self.consumers:
+                    consumer.stop()
+                for reaper in self.reapers:
+                    reaper.stop()
+                with anyio.move_on_after(settings.shutdown_timeout_s):
+                    await self._all_done.wait()
+                tg.cancel_scope.cancel()
+            if not self._forced:
+                await self._remove_own_consumers()
+            log.info("worker_stopped", forced=self._forced)
+            return 0
+        finally:
+            with anyio.CancelScope(shield=True):
+                await pool.aclose()
+
+    # -- startup -------------------------------------------------------------
+
+    async def _open(
+        self, pool: RedisConnectionPool
+    ) -> list[RedisStreamTransport] | None:
+        delay = 0.1
+        while not self._stopping.is_set():
+            try:
+                transports = [
+                    await RedisStreamTransport.aopen(
+                        sub.stream, consumer_group=sub.group, pool=pool
+                    )
+                    for sub in self.settings.subscriptions
+                ]
+            except (AuthenticationError, PermissionDenied) as exc:
+                raise StartupError(str(exc)) from None
+            except TransportError as exc:
+                self.redis.failed(exc)
+                with anyio.move_on_after(jittered(delay)):
+                    await self._stopping.wait()
+                delay = min(delay * 2, _MAX_BACKOFF_S)
+                continue
+            self.redis.answered()
+            return transports
+        return None
+
+    def _start_loops(
+        self, tg: anyio.abc.TaskGroup, transports: list[RedisStreamTransport]
+    ) -> None:
+        limiter = anyio.CapacityLimiter(self.settings.sync_threads)
+        subs: list[SubscriptionSettings] = list(self.settings.subscriptions)
+        for sub, transport in zip(subs, transports, strict=True):
+            own: list[str] = []
+            for index in range(self.settings.consumers):
+                consumer = self._consumer(index, sub, transport, limiter)
+                own.append(consumer.name)
+                self._spawn(tg, consumer.name, consumer.run)
+            reaper_consumer = self._consumer("reaper", sub, transport, limiter)
+            own.append(reaper_consumer.name)
+            reaper = Reaper(reaper_consumer, self.settings.reaper, own)
+            self.reapers.append(reaper)
+            self._spawn(tg, reaper_consumer.name, partial(reaper.run, self._swept))
+
+    def _consumer(
+        self,
+        index: int | str,
+        sub: SubscriptionSettings,
+        transport: RedisStreamTransport,
+        limiter: anyio.CapacityLimiter,
+    ) -> Consumer:
+        consumer = Consumer(
+            self.consumer_name(index),
+            transport,
+            self.app,
+            sub,
+            self.settings,
+            limiter,
+            on_read=self.redis.answered,
+        )
+        self.consumers.append(consumer)
+        return consumer
+
+    def _swept(self, result: SweepResult) -> None:
+        self.redis.answered()
+        self.sweeps.append(result)
+        del self.sweeps[:-10]
+
+    # -- keep-alive ----------------------------------------------------------
+
+    def _spawn(
+        self, tg: anyio.abc.TaskGroup, name: str, run: Callable[[], Awaitable[None]]
+    ) -> None:
+        self._running += 1
+        tg.start_soon(self._keep_alive, name, run, name=name)
+
+    async def _keep_alive(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+        delay = 0.1
+        try:
+            while not self._stopping.is_set():
+                started = time.monotonic()
+                try:
+                    await run()
+                except TransportError as exc:
+                    self.redis.failed(exc)
+                except Exception:
+                    log.exception("consumer_crashed", consumer=name)
+                if self._stopping.is_set():
+                    return
+                if time.monotonic() - started > _HEALTHY_RUN_S:
+                    delay = 0.1
+                self.restarts += 1
+                log.info("consumer_restarting", consumer=name, delay_s=round(delay, 2))
+                with anyio.move_on_after(jittered(delay)):
+                    await self._stopping.wait()
+                delay = min(delay * 2, _MAX_BACKOFF_S)
+        finally:
+            self._running -= 1
+            if self._running == 0:
+                self._all_done.set()
+
+    # -- signals and shutdown ----------------------------------------------------
+
+    async def _watch_signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("signal_received", signal=signal.Signals(signum).name)
+                self.stop()
+
+    async def _watch_force(self, scope: anyio.CancelScope) -> None:
+        await self._force.wait()
+        log.warning("worker_forced_stop")
+        scope.cancel()
+
+    async def _remove_own_consumers(self) -> None:
+        names = [c.name for c in self.consumers]
+        by_stream: dict[str, RedisStreamTransport] = {
+            c.transport.stream_name + "\0" + c.transport.consumer_group: c.transport
+            for c in self.consumers
+        }
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            for transport in by_stream.values():
+                try:
+                    removed = await transport.adelete_idle_consumers(
+                        0, names, only=True
+                    )
+                except TransportError as exc:
+                    log.warning("consumer_cleanup_failed", error=describe_error(exc))
+                    continue
+                if removed:
+                    log.info("consumers_removed", names=removed)
