@@ -171,10 +171,15 @@ class Consumer:
     # -- handling ----------------------------------------------------------------
 
     async def process_entries(self, entries: Sequence[RawEntry]) -> None:
-        """Handle claimed or re-read entries (with their delivery counts)."""
+        """Handle claimed or re-read entries, then acknowledge them at once.
+
+        These come from outside the read loop, so no next read would carry their
+        acknowledgements; unacknowledged, the reaper would take them again.
+        """
         await self.process(
             [(e.id, e.fields) for e in entries], [e.delivery_count for e in entries]
         )
+        await self.flush_acks()
 
     async def process(
         self,

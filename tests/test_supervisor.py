@@ -1,0 +1,180 @@
+"""Consumers, reaper and supervisor in one process, against a real Redis."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import pytest
+import redis.asyncio as aioredis
+from redis_server import await_for
+
+from agentstream import App, Event, RedisStreamTransport, Settings
+from agentstream.supervisor import Supervisor
+
+pytestmark = [pytest.mark.anyio, pytest.mark.redis]
+
+
+def make_settings(redis_url: str, stream: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "block_ms": 100,
+        "consumers": 2,
+        "shutdown_timeout_s": 5.0,
+        "handler_timeout_s": 5.0,
+        "name_prefix": "t",
+        "subscriptions": [{"stream": stream}],
+        "redis": {"url": redis_url},
+        "reaper": {"interval_s": 0.1, "min_idle_ms": 300, "max_deliveries": 3},
+        "metrics": {"enabled": False},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(values.get(key), dict):
+            values[key] = {**values[key], **value}
+        else:
+            values[key] = value
+    return Settings(**values)
+
+
+@pytest.fixture(name="client")
+async def _client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+async def pending_count(client: aioredis.Redis, stream: str) -> int:
+    summary: Any = await client.xpending(stream, "agents")
+    return int(summary["pending"])
+
+
+class TestSupervisor:
+    async def test_handles_everything_then_stops_cleanly(
+        self, redis_url: str, stream_name: str, client: aioredis.Redis
+    ) -> None:
+        """Every event is handled once, acked, and stop() removes idle consumers."""
+        app = App()
+        seen: Counter[int] = Counter()
+
+        @app.handler("t")
+        async def handle(event: Event) -> None:
+            seen[event.data["n"]] += 1
+
+        producer = RedisStreamTransport(stream_name, redis_url=redis_url)
+        for n in range(500):
+            producer.publish("t", {"n": n})
+        supervisor = Supervisor(
+            make_settings(redis_url, stream_name), app, handle_signals=False
+        )
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(supervisor.run)
+                await await_for(lambda: len(seen) == 500, timeout=10)
+                await await_for(lambda: _zero_pending(client, stream_name), timeout=10)
+                supervisor.stop()
+        assert set(seen.values()) == {1}
+        consumers: Any = await client.xinfo_consumers(stream_name, "agents")
+        assert consumers == []
+        producer.delete()
+        producer.close()
+
+    async def test_reaper_claims_what_a_dead_consumer_left(
+        self, redis_url: str, stream_name: str, client: aioredis.Redis
+    ) -> None:
+        """Entries read by a consumer that died are claimed and handled again."""
+        app = App()
+        deliveries: list[tuple[str, int, str]] = []
+
+        @app.handler("t")
+        async def handle(event: Event) -> None:
+            deliveries.append((event.id, event.delivery_count, event.consumer))
+
+        producer = RedisStreamTransport(stream_name, redis_url=redis_url)
+        entry_id = producer.publish("t", {})
+        producer.read_group("crashed-worker", count=10)  # read, never acked
+        supervisor = Supervisor(
+            make_settings(redis_url, stream_name), app, handle_signals=False
+        )
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(supervisor.run)
+                await await_for(lambda: deliveries != [], timeout=10)
+                await await_for(lambda: _zero_pending(client, stream_name), timeout=10)
+                supervisor.stop()
+        assert deliveries == [(entry_id, 2, "t-0-reaper")]
+        producer.delete()
+        producer.close()
+
+    async def test_lease_keeps_a_slow_handler_from_being_claimed(
+        self, redis_url: str, stream_name: str, client: aioredis.Redis
+    ) -> None:
+        """A handler running far past min_idle_ms is never handed to a second one."""
+        app = App()
+        starts: list[str] = []
+
+        @app.handler("slow")
+        async def slow(event: Event) -> None:
+            starts.append(event.consumer)
+            await anyio.sleep(1.5)
+
+        producer = RedisStreamTransport(stream_name, redis_url=redis_url)
+        producer.publish("slow", {})
+        first = Supervisor(
+            make_settings(redis_url, stream_name, name_prefix="a"),
+            app,
+            handle_signals=False,
+        )
+        second = Supervisor(
+            make_settings(redis_url, stream_name, name_prefix="b"),
+            app,
+            handle_signals=False,
+        )
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(first.run)
+                tg.start_soon(second.run)
+                await await_for(lambda: starts != [], timeout=10)
+                await await_for(lambda: _zero_pending(client, stream_name), timeout=10)
+                first.stop()
+                second.stop()
+        assert len(starts) == 1
+        producer.delete()
+        producer.close()
+
+    async def test_handler_timeout_fails_only_that_event(
+        self, redis_url: str, stream_name: str, client: aioredis.Redis
+    ) -> None:
+        """A hung handler is cancelled after handler_timeout_s; the next event runs."""
+        app = App()
+        handled: list[str] = []
+
+        @app.handler("hang")
+        async def hang(event: Event) -> None:
+            if event.delivery_count == 1:
+                await anyio.sleep_forever()
+            handled.append("hang")
+
+        @app.handler("ok")
+        async def ok(event: Event) -> None:
+            handled.append("ok")
+
+        producer = RedisStreamTransport(stream_name, redis_url=redis_url)
+        producer.publish("hang", {})
+        producer.publish("ok", {})
+        settings = make_settings(
+            redis_url, stream_name, consumers=1, handler_timeout_s=0.3
+        )
+        supervisor = Supervisor(settings, app, handle_signals=False)
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(supervisor.run)
+                await await_for(lambda: len(handled) == 2, timeout=10)
+                supervisor.stop()
+        assert handled == ["ok", "hang"]
+        producer.delete()
+        producer.close()
+
+
+async def _zero_pending(client: aioredis.Redis, stream: str) -> bool:
+    return await pending_count(client, stream) == 0
