@@ -9,10 +9,10 @@ from typing import Any
 import anyio
 import pytest
 import redis.asyncio as aioredis
-from redis_server import await_for
 
 from agentstream import App, Event, RedisStreamTransport, Settings
 from agentstream.supervisor import Supervisor
+from redis_server import await_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
