@@ -1,0 +1,1 @@
+"""Example agentstream apps and a demo producer (see ``scripts/run-example``)."""
