@@ -105,7 +105,9 @@ def run_worker(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = load_settings(args.config)
-        app = import_app(args.app or settings.app)
+        if args.app:
+            settings = settings.model_copy(update={"app": args.app})
+        app = import_app(settings.app)
     except ConfigError as exc:
         print(f"agentstream-worker: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -116,7 +118,12 @@ def run_worker(argv: Sequence[str] | None = None) -> int:
         from agentstream.processes import run_processes
 
         return run_processes(settings, list(argv if argv is not None else sys.argv[1:]))
-    supervisor = Supervisor(settings, app, args.process_index or 0)
+    supervisor = Supervisor(
+        settings,
+        app,
+        args.process_index or 0,
+        parent_pid=os.getppid() if args.process_index is not None else None,
+    )
     try:
         return anyio.run(supervisor.run, backend="asyncio")
     except StartupError as exc:

@@ -69,8 +69,14 @@ class _Parent:
         delay = 0.5
         while not self.stopping.is_set():
             started = time.monotonic()
+            # A session of its own: a Ctrl-C on the terminal reaches only the
+            # parent, which forwards one SIGTERM (two would force a stop).
             process = await anyio.open_process(
-                self.command(index), stdin=None, stdout=None, stderr=None
+                self.command(index),
+                stdin=None,
+                stdout=None,
+                stderr=None,
+                start_new_session=True,
             )
             self.children[index] = process
             log.info("process_started", process=index, pid=process.pid)

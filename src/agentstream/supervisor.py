@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import socket
@@ -72,6 +73,7 @@ class Supervisor:
         process_index: int = 0,
         *,
         handle_signals: bool = True,
+        parent_pid: int | None = None,
     ) -> None:
         self.settings = settings
         self.app = app
@@ -83,6 +85,7 @@ class Supervisor:
         self.restarts = 0
         self.started = anyio.Event()
         self._handle_signals = handle_signals
+        self._parent_pid = parent_pid
         self._stopping = anyio.Event()
         self._forced = False
         self._force = anyio.Event()
@@ -115,6 +118,8 @@ class Supervisor:
             async with anyio.create_task_group() as tg:
                 if self._handle_signals:
                     tg.start_soon(self._watch_signals)
+                if self._parent_pid is not None:
+                    tg.start_soon(self._watch_parent)
                 tg.start_soon(self._watch_force, tg.cancel_scope)
                 transports = await self._open(pool)
                 if transports is None:  # stopped while waiting for Redis
@@ -252,6 +257,14 @@ class Supervisor:
             async for signum in signals:
                 log.info("signal_received", signal=signal.Signals(signum).name)
                 self.stop()
+
+    async def _watch_parent(self) -> None:
+        # A child of a multi-process parent stops when the parent is gone
+        # (even killed with SIGKILL), instead of running on unsupervised.
+        while os.getppid() == self._parent_pid:  # noqa: ASYNC110 - no event to wait on
+            await anyio.sleep(1)
+        log.warning("parent_process_gone")
+        self.stop()
 
     async def _watch_force(self, scope: anyio.CancelScope) -> None:
         await self._force.wait()
