@@ -11,6 +11,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from agentstream import App, Event, RedisStreamTransport, Settings
+from agentstream.consumer import RETRY_CONSUMER
+from agentstream.pool import pool_from_settings
+from agentstream.reaper import Reaper
 from agentstream.supervisor import Supervisor
 from redis_server import await_for
 
@@ -178,3 +181,79 @@ class TestSupervisor:
 
 async def _zero_pending(client: aioredis.Redis, stream: str) -> bool:
     return await pending_count(client, stream) == 0
+
+
+class TestReaperSweep:
+    async def test_sweep_skips_entries_of_live_consumers(
+        self, redis_url: str, stream_name: str
+    ) -> None:
+        """Entries held by a live consumer are not even listed: O(claimable)."""
+        producer = RedisStreamTransport(stream_name, redis_url=redis_url)
+        for n in range(300):
+            producer.publish("t", {"n": n})
+        producer.read_group("live", count=300)  # pending, and the owner is fresh
+        dead_id = producer.publish("t", {"n": -1})
+        producer.read_group("dead", count=1)
+        settings = make_settings(redis_url, stream_name)
+        supervisor = Supervisor(settings, App(), handle_signals=False)
+        pool = pool_from_settings(settings.redis, socket_timeout_s=5, max_connections=4)
+        transport = await RedisStreamTransport.aopen(stream_name, pool=pool)
+        consumer = supervisor._consumer(
+            "reaper", settings.subscriptions[0], transport, anyio.CapacityLimiter(1)
+        )
+        reaper = Reaper(consumer, settings.reaper, [consumer.name])
+        await await_for(lambda: _idle_at_least(transport, dead_id, 300), timeout=5)
+        await transport.arenew("live", [e.id for e in producer.pending_range(300)])
+        result = await reaper.sweep()
+        assert result.scanned == 1
+        assert result.claimed == 1
+        await pool.aclose()
+        producer.delete()
+        producer.close()
+
+    async def test_failed_entry_is_parked_for_the_reaper(
+        self, redis_url: str, stream_name: str, client: aioredis.Redis
+    ) -> None:
+        """A failure moves the entry to the retry consumer with its error kept."""
+        app = App()
+        attempts: list[int] = []
+
+        @app.handler("t")
+        async def fail_once(event: Event) -> None:
+            attempts.append(event.delivery_count)
+            if event.delivery_count == 1:
+                raise RuntimeError("first time")
+
+        producer = RedisStreamTransport(stream_name, redis_url=redis_url)
+        entry_id = producer.publish("t", {})
+        supervisor = Supervisor(
+            make_settings(redis_url, stream_name, reaper={"min_idle_ms": 2000}),
+            app,
+            handle_signals=False,
+        )
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(supervisor.run)
+                await await_for(lambda: attempts == [1], timeout=10)
+                await await_for(
+                    lambda: _pending_of(producer, RETRY_CONSUMER) != [], timeout=5
+                )
+                [parked] = _pending_of(producer, RETRY_CONSUMER)
+                assert parked.id == entry_id
+                error: Any = await client.get(
+                    f"{stream_name}:lasterror:agents:{entry_id}"
+                )
+                assert error.startswith("RuntimeError: first time")
+                await await_for(lambda: attempts == [1, 2], timeout=10)
+                supervisor.stop()
+        producer.delete()
+        producer.close()
+
+
+async def _idle_at_least(t: RedisStreamTransport, entry_id: str, ms: int) -> bool:
+    [entry] = await t.apending_range(1, start=entry_id, end=entry_id)
+    return entry.idle_ms >= ms
+
+
+def _pending_of(t: RedisStreamTransport, consumer: str) -> list[Any]:
+    return t.pending_range(10, consumer=consumer)

@@ -28,21 +28,22 @@ end
 return {claimed, lost}
 """
 
-# KEYS[1] stream; ARGV group, consumer, id...
-# Resets the idle time of the ids this consumer still owns, without raising their
-# delivery count. An id that another consumer took over is left alone: taking it
-# back would let two live consumers handle it. Returns the renewed ids.
-RENEW = """
-local renewed = {}
-local group, consumer = ARGV[1], ARGV[2]
-for i = 3, #ARGV do
+# KEYS[1] stream; ARGV group, owner, new_owner, id...
+# Hands the ids that owner still owns to new_owner (owner itself to renew a
+# lease), resetting their idle time without raising their delivery count. An id
+# another consumer took over is left alone: taking it back would let two live
+# consumers handle it. Returns the ids moved.
+TRANSFER = """
+local moved = {}
+local group, owner, new_owner = ARGV[1], ARGV[2], ARGV[3]
+for i = 4, #ARGV do
   local id = ARGV[i]
-  if #redis.call('XPENDING', KEYS[1], group, id, id, 1, consumer) > 0 then
-    redis.call('XCLAIM', KEYS[1], group, consumer, 0, id, 'JUSTID')
-    renewed[#renewed + 1] = id
+  if #redis.call('XPENDING', KEYS[1], group, id, id, 1, owner) > 0 then
+    redis.call('XCLAIM', KEYS[1], group, new_owner, 0, id, 'JUSTID')
+    moved[#moved + 1] = id
   end
 end
-return renewed
+return moved
 """
 
 # KEYS[1] stream; ARGV group, min_idle_ms, mode ("only" or "except"), name...

@@ -18,7 +18,12 @@ from agentstream.errors import DeadLetter, Retry
 from agentstream.event import Event, decode_event
 from agentstream.transport import RawEntry, RawFields, RedisStreamTransport
 
-__all__ = ["Consumer", "Tally"]
+__all__ = ["RETRY_CONSUMER", "Consumer", "Tally"]
+
+#: Where a consumer parks the entries it failed, until the reaper retries them.
+#: Live consumers then hold only entries in flight (their leases fresh), so a
+#: sweep looks at this consumer's and at idle consumers' entries only.
+RETRY_CONSUMER = "agentstream-retry"
 
 log = structlog.get_logger("agentstream.consumer")
 
@@ -249,7 +254,7 @@ class Consumer:
             else:
                 self._ack(raw_id)
             return
-        self._handler_started = _monotonic()
+        self.last_tick = self._handler_started = _monotonic()
         try:
             if handler.is_async:
                 await handler.func(event)
@@ -266,6 +271,7 @@ class Consumer:
         except Retry:
             self._handler_started = 0.0
             self.tally.retry += 1
+            await self._park(entry_id)
         except Exception as exc:  # noqa: BLE001 - a handler failure stops here
             self._handler_started = 0.0
             await self._failed(entry_id, exc, "failed", event)
@@ -304,6 +310,10 @@ class Consumer:
         await self.transport.aset_last_error(
             entry_id, text, self._settings.reaper.error_ttl_s
         )
+        await self._park(entry_id)
+
+    async def _park(self, entry_id: str) -> None:
+        await self.transport.atransfer(self.name, RETRY_CONSUMER, [entry_id])
 
     async def dead_letter(
         self,

@@ -153,7 +153,7 @@ class RedisConnectionPool:
 def pool_from_settings(
     settings: RedisSettings, *, socket_timeout_s: float, max_connections: int
 ) -> RedisConnectionPool:
-    """Build the worker's pool from ``[redis]`` settings (bytes, not decoded)."""
+    """Build a pool from ``[redis]`` settings (credentials, TLS, timeouts)."""
     kwargs: dict[str, Any] = {
         "socket_timeout": socket_timeout_s,
         "socket_connect_timeout": settings.socket_connect_timeout_s,
@@ -173,8 +173,5 @@ def pool_from_settings(
             ssl_check_hostname=settings.ssl_check_hostname,
         )
     return RedisConnectionPool(
-        settings.url,
-        max_connections=max_connections,
-        decode_responses=False,
-        **kwargs,
+        settings.url, max_connections=max_connections, **kwargs
     )

@@ -17,6 +17,14 @@ from agentstream.app import App
 from agentstream.config import Settings, SubscriptionSettings
 from agentstream.consumer import Consumer, describe_error
 from agentstream.errors import AuthenticationError, PermissionDenied, TransportError
+from agentstream.health import Health, Heartbeat, check_loops
+from agentstream.metrics import (
+    CollectorRegistry,
+    Metrics,
+    MetricsServer,
+    collect_group_stats,
+    start_server,
+)
 from agentstream.pool import RedisConnectionPool, pool_from_settings
 from agentstream.reaper import Reaper, SweepResult
 from agentstream.transport import RedisStreamTransport
@@ -53,6 +61,13 @@ class RedisState:
             log.info("redis_available")
 
 
+def unwrap(exc: BaseException) -> BaseException:
+    """The single exception inside nested task-group exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def jittered(delay_s: float) -> float:
     """``delay_s`` with +-25 % jitter, so restarting peers do not stampede."""
     return delay_s * random.uniform(0.75, 1.25)
@@ -74,6 +89,7 @@ class Supervisor:
         *,
         handle_signals: bool = True,
         parent_pid: int | None = None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.settings = settings
         self.app = app
@@ -91,6 +107,13 @@ class Supervisor:
         self._force = anyio.Event()
         self._running = 0
         self._all_done = anyio.Event()
+        self.registry = CollectorRegistry() if registry is None else registry
+        self.metrics = Metrics(self.registry)
+        self.metrics_port: int | None = None
+        self._heartbeat = Heartbeat()
+        self._groups_error: str | None = "not checked yet"
+        # When each restarted loop began again; None while it waits to restart.
+        self._loop_since: dict[str, float | None] = {}
         prefix = settings.name_prefix or socket.gethostname()
         self._name_base = f"{prefix}-{process_index}"
 
@@ -106,7 +129,21 @@ class Supervisor:
         self._stopping.set()
 
     async def run(self) -> int:
-        """Run until stopped; returns the process exit status."""
+        """Run until stopped; returns the process exit status.
+
+        Raises:
+            StartupError: Redis refused the credentials or the ACL, or the
+                metrics port could not be bound.
+        """
+        try:
+            return await self._run()
+        except BaseExceptionGroup as group:
+            cause = unwrap(group)
+            if isinstance(cause, StartupError):
+                raise cause from None
+            raise
+
+    async def _run(self) -> int:
         settings = self.settings
         pool = pool_from_settings(
             settings.redis,
@@ -114,8 +151,12 @@ class Supervisor:
             max_connections=settings.redis.max_connections
             + settings.consumers * len(settings.subscriptions),
         )
+        server: MetricsServer | None = None
         try:
+            server = await self._serve_metrics()
             async with anyio.create_task_group() as tg:
+                if server is not None:
+                    tg.start_soon(self._heartbeat.run)
                 if self._handle_signals:
                     tg.start_soon(self._watch_signals)
                 if self._parent_pid is not None:
@@ -126,6 +167,8 @@ class Supervisor:
                     tg.cancel_scope.cancel()
                     return 0
                 self._start_loops(tg, transports)
+                if server is not None:
+                    tg.start_soon(self._report, transports)
                 self.started.set()
                 log.info(
                     "worker_started",
@@ -148,6 +191,8 @@ class Supervisor:
             return 0
         finally:
             with anyio.CancelScope(shield=True):
+                if server is not None:
+                    await server.aclose()
                 await pool.aclose()
 
     # -- startup -------------------------------------------------------------
@@ -191,7 +236,8 @@ class Supervisor:
             own.append(reaper_consumer.name)
             reaper = Reaper(reaper_consumer, self.settings.reaper, own)
             self.reapers.append(reaper)
-            self._spawn(tg, reaper_consumer.name, partial(reaper.run, self._swept))
+            on_sweep = partial(self._swept, reaper)
+            self._spawn(tg, reaper_consumer.name, partial(reaper.run, on_sweep))
 
     def _consumer(
         self,
@@ -212,8 +258,12 @@ class Supervisor:
         self.consumers.append(consumer)
         return consumer
 
-    def _swept(self, result: SweepResult) -> None:
+    def _swept(self, reaper: Reaper, result: SweepResult) -> None:
         self.redis.answered()
+        transport = reaper.consumer.transport
+        self.metrics.record_sweep(
+            transport.stream_name, transport.consumer_group, result
+        )
         self.sweeps.append(result)
         del self.sweeps[:-10]
 
@@ -232,23 +282,101 @@ class Supervisor:
                 started = time.monotonic()
                 try:
                     await run()
-                except TransportError as exc:
-                    self.redis.failed(exc)
-                except Exception:
-                    log.exception("consumer_crashed", consumer=name)
+                except Exception as exc:
+                    cause = unwrap(exc)
+                    if isinstance(cause, TransportError):
+                        self.redis.failed(cause)
+                    else:
+                        log.error("consumer_crashed", consumer=name, exc_info=cause)
                 if self._stopping.is_set():
                     return
                 if time.monotonic() - started > _HEALTHY_RUN_S:
                     delay = 0.1
                 self.restarts += 1
+                self._loop_since[name] = None
                 log.info("consumer_restarting", consumer=name, delay_s=round(delay, 2))
                 with anyio.move_on_after(jittered(delay)):
                     await self._stopping.wait()
+                self._loop_since[name] = time.monotonic()
                 delay = min(delay * 2, _MAX_BACKOFF_S)
         finally:
             self._running -= 1
             if self._running == 0:
                 self._all_done.set()
+
+    # -- metrics and health --------------------------------------------------
+
+    async def _serve_metrics(self) -> MetricsServer | None:
+        conf = self.settings.metrics
+        if not conf.enabled:
+            return None
+        if self.process_index > 0:
+            # Sibling processes would fight over one port; multi-process metrics
+            # are not aggregated yet, so only process 0 serves its own.
+            log.info("metrics_served_by_process_0", process=self.process_index)
+            return None
+        health = Health(self._liveness, self._readiness)
+        serve = partial(start_server, self.registry, conf.host, conf.port, health.wrap)
+        try:
+            server = await anyio.to_thread.run_sync(serve)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            msg = f"cannot serve metrics on {conf.host}:{conf.port}: {reason}"
+            raise StartupError(msg) from None
+        self.metrics_port = server.port
+        log.info("metrics_serving", host=conf.host, port=server.port)
+        return server
+
+    async def _report(self, transports: list[RedisStreamTransport]) -> None:
+        subs = list(self.settings.subscriptions)
+        while True:
+            for c in self.consumers:
+                stream, group = c.transport.stream_name, c.transport.consumer_group
+                self.metrics.record_tally(stream, group, c.tally.take())
+            self.metrics.set_restarts(self.restarts)
+            self.metrics.set_in_flight(sum(len(c.held_ids()) for c in self.consumers))
+            error = None
+            for sub, transport in zip(subs, transports, strict=True):
+                try:
+                    stats = await collect_group_stats(transport, sub.dead_letter_key)
+                except TransportError as exc:
+                    error = describe_error(exc)
+                    continue
+                self.metrics.record_group_stats(sub.stream, sub.group, stats)
+            if error is not None and error != self._groups_error:
+                log.warning("group_stats_failed", error=error)
+            self._groups_error = error
+            await anyio.sleep(self.settings.reaper.interval_s)
+
+    def _liveness(self) -> tuple[bool, str]:
+        # Runs in the metrics server's thread: reads state, never awaits.
+        live, reason = self._heartbeat.check()
+        if not live:
+            return live, reason
+        settings = self.settings
+        reapers = {r.consumer.name for r in self.reapers}
+        loops = []
+        for c in list(self.consumers):
+            since = self._loop_since.get(c.name, 0.0)
+            if since is None:  # waiting to restart after a failure: not stuck
+                continue
+            wait_s = (
+                settings.reaper.interval_s
+                if c.name in reapers
+                else settings.block_ms / 1000
+            )
+            deadline_s = wait_s + settings.handler_timeout_s + 5
+            loops.append((c.name, max(c.last_tick, since), deadline_s))
+        return check_loops(loops)
+
+    def _readiness(self) -> tuple[bool, str]:
+        if self._stopping.is_set():
+            return False, "stopping"
+        if not self.redis.up:
+            return False, "redis unavailable"
+        if self._groups_error is not None:
+            return False, f"consumer groups: {self._groups_error}"
+        return True, "ok"
 
     # -- signals and shutdown ----------------------------------------------------
 

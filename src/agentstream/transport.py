@@ -146,7 +146,7 @@ class RedisStreamTransport:
         # Longest BLOCK that still leaves the socket timeout room for the reply.
         self._max_block_ms = None if timeout is None else max(int(timeout * 500), 1)
         self._claim = self._raw.register_script(_scripts.CLAIM)
-        self._renew = self._raw.register_script(_scripts.RENEW)
+        self._transfer = self._raw.register_script(_scripts.TRANSFER)
         self._delete_idle = self._raw.register_script(_scripts.DELETE_IDLE_CONSUMERS)
 
     @property
@@ -186,7 +186,7 @@ class RedisStreamTransport:
             raise errors.PermissionDenied(self._scrub(msg)) from None
         except rex.ResponseError as exc:
             text = str(exc)
-            if text.startswith("NOGROUP"):
+            if "NOGROUP" in text:  # pipelines prefix the command's position
                 raise _NoGroup(text) from None
             if text.startswith(("WRONGPASS", "NOAUTH")):
                 msg = f"Redis at {self._where} refused the credentials: {text}"
@@ -525,15 +525,24 @@ class RedisStreamTransport:
         ids renewed; an id missing from the result was taken over by another
         consumer.
         """
+        return await self.atransfer(consumer, consumer, ids)
+
+    async def atransfer(
+        self, owner: str, new_owner: str, ids: Sequence[str]
+    ) -> list[str]:
+        """Hand the ids ``owner`` still owns to ``new_owner`` (JUSTID, atomic).
+
+        The delivery count stays; the idle time restarts. Returns the ids moved.
+        """
         if not ids:
             return []
-        args = [self._group, consumer, *ids]
-        renewed = await self._acall(
+        args = [self._group, owner, new_owner, *ids]
+        moved = await self._acall(
             "xclaim",
-            lambda: self._renew(keys=[self._stream], args=args),
+            lambda: self._transfer(keys=[self._stream], args=args),
             recreate=True,
         )
-        return [_decode_id(i) for i in renewed]
+        return [_decode_id(i) for i in moved]
 
     async def adead_letter(
         self,
@@ -633,7 +642,7 @@ class RedisStreamTransport:
                 return None
             raise
         for row in rows:
-            if row["name"] == self._group:
+            if _decode_id(row["name"]) == self._group:
                 return dict(row)
         return None
 
@@ -730,6 +739,11 @@ class RedisStreamTransport:
             raw = {}
         return _stream_info(raw)
 
+    async def alength(self, key: str | None = None) -> int:
+        """Return the number of entries (XLEN) of ``key``, or of this stream."""
+        name = self._stream if key is None else key
+        return int(await self._acall("xlen", lambda: self._raw.xlen(name)))
+
     def delete(self) -> bool:
         """Delete the stream and all its data; True when it existed."""
         return bool(self._call("del", lambda: self._sync.delete(self._stream)))
@@ -801,6 +815,178 @@ class RedisStreamTransport:
             f"consumer_group={self._group!r}, at={self._where!r})"
         )
 
+    # -- operator commands (the `agentstream` CLI) -----------------------------
+    # They create nothing: no stream, no group. Keys are arguments, so that one
+    # transport can also inspect and edit its dead-letter stream.
+
+    @classmethod
+    def attach(
+        cls,
+        stream_name: str,
+        *,
+        consumer_group: str = "agents",
+        max_len: int = 10000,
+        pool: RedisConnectionPool,
+    ) -> RedisStreamTransport:
+        """Create a transport on ``pool`` without creating its group or stream."""
+        self = cls.__new__(cls)
+        self._setup(stream_name, pool.redis_url, consumer_group, max_len, pool)
+        return self
+
+    async def aexists(self, key: str | None = None) -> bool:
+        """Return whether ``key`` (or this stream) exists."""
+        name = self._stream if key is None else key
+        return bool(await self._acall("exists", lambda: self._raw.exists(name)))
+
+    async def aserver_time_ms(self) -> int:
+        """Return the Redis server's clock (TIME) in Unix milliseconds."""
+        seconds, micros = await self._acall("time", self._raw.time)
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    async def apending_summary(self) -> dict[str, Any] | None:
+        """Return the group's XPENDING summary, or None without stream or group.
+
+        Unlike ``apending()`` it never recreates the group. Ids and consumer
+        names are ``str`` (undecodable bytes replaced).
+        """
+        try:
+            raw = await self._acall(
+                "xpending", lambda: self._raw.xpending(self._stream, self._group)
+            )
+        except _NoGroup:
+            return None
+        summary = _pending_summary(raw)
+        for key in ("min_id", "max_id"):
+            if summary[key] is not None:
+                summary[key] = _text(summary[key])
+        summary["consumers"] = {
+            _text(name): n for name, n in summary["consumers"].items()
+        }
+        return summary
+
+    async def agroup_consumers(self) -> list[dict[str, Any]] | None:
+        """List the group's consumers (``name``, ``pending``, ``idle`` in ms).
+
+        Unlike ``aconsumers()`` it never recreates the group: None when the
+        stream or the group does not exist.
+        """
+        try:
+            rows = await self._acall(
+                "xinfo consumers",
+                lambda: self._raw.xinfo_consumers(self._stream, self._group),
+            )
+        except _NoGroup:
+            return None
+        except errors.TransportError as exc:
+            if "no such key" in str(exc):
+                return None
+            raise
+        return [
+            {
+                "name": _text(r["name"]),
+                "pending": int(r["pending"]),
+                "idle": int(r["idle"]),
+            }
+            for r in rows
+        ]
+
+    async def arange_raw(
+        self,
+        key: str | None = None,
+        start: str = "-",
+        end: str = "+",
+        count: int | None = None,
+    ) -> list[tuple[str, RawFields]]:
+        """XRANGE of ``key`` (or this stream) with undecoded fields.
+
+        ``start`` and ``end`` are inclusive unless prefixed with ``(``.
+        """
+        name = self._stream if key is None else key
+        rows: Any = await self._acall(
+            "xrange", lambda: self._raw.xrange(name, start, end, count)
+        )
+        return [(_decode_id(i), dict(f)) for i, f in rows]
+
+    async def adelete_entries(self, key: str, ids: Sequence[str]) -> int:
+        """Delete entries from ``key`` (XDEL); returns how many existed."""
+        if not ids:
+            return 0
+        return int(await self._acall("xdel", lambda: self._raw.xdel(key, *ids)))
+
+    async def amove_entries(
+        self, source: str, moves: Sequence[tuple[str, str, RawFields]]
+    ) -> list[str]:
+        """Move entries between streams in one MULTI/EXEC transaction.
+
+        Args:
+            source: the stream the entries leave (XDEL).
+            moves: ``(entry_id, target_stream, fields)``: ``fields`` are added to
+                ``target_stream`` (XADD, no trimming) and ``entry_id`` deleted
+                from ``source``.
+
+        Returns:
+            The new ids, in the order of ``moves``.
+        """
+        if not moves:
+            return []
+
+        async def run() -> list[Any]:
+            async with self._raw.pipeline(transaction=True) as pipe:
+                for entry_id, target, fields in moves:
+                    pipe.xadd(target, dict[Any, Any](fields))
+                    pipe.xdel(source, entry_id)
+                return await pipe.execute()
+
+        results = await self._acall("xadd/xdel", run)
+        return [_decode_id(new_id) for new_id in results[::2]]
+
+    async def asubscribe_raw(
+        self, last_id: str = "$", block_ms: int = 1000
+    ) -> AsyncIterator[tuple[str, RawFields]]:
+        """Like ``asubscribe()``, but yields undecoded ``(id, fields)`` pairs.
+
+        It reads through the bytes connection, so it works on any pool, and an
+        entry that is not UTF-8 reaches the caller as it is.
+        """
+        backoff = 0.1
+        while last_id == "$":
+            try:
+                last_id = await self.alast_generated_id()
+            except errors.ConnectionError:
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+        backoff = 0.1
+        while True:
+            try:
+                with self._errors("xread"):
+                    rows: Any = await self._raw.xread(
+                        {self._stream: last_id}, count=100, block=self._block(block_ms)
+                    )
+            except errors.ConnectionError:
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.1
+            for entry_id, fields in rows[0][1] if rows else ():
+                last_id = _decode_id(entry_id)
+                yield last_id, dict(fields)
+
+    async def alast_generated_id(self) -> str:
+        """Return the stream's last generated id (``"0-0"`` if there is no stream).
+
+        Reading after it (``asubscribe_raw(last_id)``) is reading from ``$``.
+        """
+        try:
+            with self._errors("xinfo"):
+                raw = await self._raw.xinfo_stream(self._stream)
+        except errors.ConnectionError:
+            raise
+        except errors.TransportError as exc:
+            if "no such key" not in str(exc):
+                raise
+            return "0-0"
+        return _decode_id(raw["last-generated-id"])
+
 
 def _time_left(deadline: float | None, start_id: str) -> bool:
     return start_id == ">" and deadline is not None and time.monotonic() < deadline
@@ -850,3 +1036,8 @@ def _stream_info(raw: dict[str, Any]) -> dict[str, Any]:
         "last_entry": entry(raw.get("last-entry")),
         "groups": int(raw.get("groups", 0)),
     }
+
+
+def _text(value: bytes | str) -> str:
+    """Decode for display: bytes that are not UTF-8 are replaced, not fatal."""
+    return value.decode(errors="replace") if isinstance(value, bytes) else value

@@ -1,0 +1,273 @@
+"""Metrics: Prometheus collectors and the exposition server."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+from wsgiref.types import WSGIApplication
+
+import anyio
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import make_wsgi_app as _make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
+
+from agentstream._version import __version__
+from agentstream.consumer import Tally
+from agentstream.errors import TransportError
+from agentstream.reaper import SweepResult
+from agentstream.transport import RedisStreamTransport
+
+__all__ = [
+    "OUTCOMES",
+    "CollectorRegistry",
+    "GroupStats",
+    "Metrics",
+    "MetricsServer",
+    "collect_group_stats",
+    "start_server",
+]
+
+#: The ``outcome`` label values of ``agentstream_events_total``.
+OUTCOMES: tuple[str, ...] = tuple(f.name for f in fields(Tally))
+
+_GROUP = ("stream", "group")
+# Sweeps also handle what they claim, so they can take as long as handlers do.
+_SWEEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupStats:
+    """One consumer group's backlog as Redis reports it at one moment."""
+
+    length: int
+    lag: int | None
+    pending: int
+    oldest_pending_age_s: float
+    consumers: int
+    dead_letter_length: int
+
+
+class Metrics:
+    """The worker's collectors, registered on the registry it is given."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        def counter(name: str, doc: str, labels: tuple[str, ...] = _GROUP) -> Counter:
+            return Counter(name, doc, labels, registry=registry)
+
+        def gauge(name: str, doc: str, labels: tuple[str, ...] = _GROUP) -> Gauge:
+            return Gauge(name, doc, labels, registry=registry)
+
+        self.events = counter(
+            "agentstream_events_total",
+            "Events handled, by outcome.",
+            ("stream", "group", "outcome"),
+        )
+        self.claimed = counter(
+            "agentstream_claimed_total", "Stale entries the reaper claimed."
+        )
+        self.dead_lettered = counter(
+            "agentstream_dead_lettered_total",
+            "Entries the reaper dead-lettered after max_deliveries.",
+        )
+        self.sweep_duration = Histogram(
+            "agentstream_reaper_sweep_duration_seconds",
+            "Duration of one reaper sweep, claimed entries handled included.",
+            _GROUP,
+            buckets=_SWEEP_BUCKETS,
+            registry=registry,
+        )
+        self.last_sweep = gauge(
+            "agentstream_reaper_last_sweep_timestamp_seconds",
+            "Unix time at which the last reaper sweep ended.",
+        )
+        self.lag = gauge(
+            "agentstream_group_lag",
+            "Entries not yet delivered to the group (absent while unknown).",
+        )
+        self.lag_unknown = gauge(
+            "agentstream_group_lag_unknown",
+            "1 when Redis cannot tell the group's lag (entries deleted), else 0.",
+        )
+        self.pending = gauge(
+            "agentstream_group_pending", "Entries delivered and not yet acknowledged."
+        )
+        self.oldest_pending_age = gauge(
+            "agentstream_oldest_pending_age_seconds",
+            "Age of the oldest pending entry, from its id; 0 when none is pending.",
+        )
+        self.stream_length = gauge(
+            "agentstream_stream_length", "Entries in the stream.", ("stream",)
+        )
+        self.consumers = gauge(
+            "agentstream_group_consumers", "Consumers the group knows of."
+        )
+        self.dead_letter_length = gauge(
+            "agentstream_dead_letter_length",
+            "Entries in the dead-letter stream of the subscription to this stream.",
+            ("stream",),
+        )
+        self.restarts = Counter(
+            "agentstream_consumer_restarts_total",
+            "Consumer and reaper loops restarted after a failure.",
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "agentstream_in_flight",
+            "Entries this process has read and not yet acknowledged.",
+            registry=registry,
+        )
+        build = gauge("agentstream_build_info", "agentstream version.", ("version",))
+        build.labels(__version__).set(1)
+        self._restarts_seen = 0
+
+    def record_tally(self, stream: str, group: str, counts: dict[str, int]) -> None:
+        """Add a batch of outcome counts (a ``Tally.take()``) to the totals."""
+        for outcome, n in counts.items():
+            if outcome not in OUTCOMES:
+                raise ValueError(f"unknown outcome {outcome!r}")
+            # Children are created even at 0, so every outcome is exported.
+            self.events.labels(stream, group, outcome).inc(n)
+
+    def record_sweep(self, stream: str, group: str, result: SweepResult) -> None:
+        """Record what one reaper sweep did and how long it took."""
+        self.claimed.labels(stream, group).inc(result.claimed)
+        self.dead_lettered.labels(stream, group).inc(result.dead_lettered)
+        self.sweep_duration.labels(stream, group).observe(result.duration_s)
+        self.last_sweep.labels(stream, group).set(time.time())
+
+    def record_group_stats(self, stream: str, group: str, stats: GroupStats) -> None:
+        """Set the backlog gauges of one group from a ``GroupStats``."""
+        if stats.lag is None:
+            # A 0 would claim "caught up"; no sample says "unknown" honestly.
+            self.lag.remove(stream, group)
+            self.lag_unknown.labels(stream, group).set(1)
+        else:
+            self.lag.labels(stream, group).set(stats.lag)
+            self.lag_unknown.labels(stream, group).set(0)
+        self.pending.labels(stream, group).set(stats.pending)
+        self.oldest_pending_age.labels(stream, group).set(stats.oldest_pending_age_s)
+        self.consumers.labels(stream, group).set(stats.consumers)
+        self.stream_length.labels(stream).set(stats.length)
+        self.dead_letter_length.labels(stream).set(stats.dead_letter_length)
+
+    def set_restarts(self, n: int) -> None:
+        """Bring the restart counter up to ``n``, the supervisor's running total."""
+        if n > self._restarts_seen:
+            self.restarts.inc(n - self._restarts_seen)
+            self._restarts_seen = n
+
+    def set_in_flight(self, n: int) -> None:
+        """Set the number of entries read and not yet acknowledged."""
+        self.in_flight.set(n)
+
+
+async def collect_group_stats(
+    transport: RedisStreamTransport, dead_letter_key: str
+) -> GroupStats:
+    """Read one group's backlog from Redis (XINFO GROUPS, XPENDING, XLEN).
+
+    Raises:
+        TransportError: Redis failed, or the group does not exist.
+    """
+    info = await transport.agroup_info()
+    if info is None:
+        raise TransportError(
+            f"consumer group {transport.consumer_group!r} of stream "
+            f"{transport.stream_name!r} does not exist"
+        )
+    summary = await transport.apending()
+    length = await transport.alength()
+    dead = await transport.alength(dead_letter_key)
+    lag = info.get("lag")  # missing before Redis 7, None when Redis cannot tell
+    return GroupStats(
+        length=length,
+        lag=None if lag is None else int(lag),
+        pending=int(info["pending"]),
+        oldest_pending_age_s=_age_s(summary["min_id"], time.time()),
+        consumers=int(info["consumers"]),
+        dead_letter_length=dead,
+    )
+
+
+def _age_s(entry_id: bytes | str | None, now_s: float) -> float:
+    """Seconds since the time in an entry id's millisecond part; 0 for none."""
+    if not entry_id:
+        return 0.0
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return max(now_s - int(text.partition("-")[0]) / 1000, 0.0)
+
+
+# -- exposition server -------------------------------------------------------
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """Request handler that leaves access logs to whoever scrapes."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class MetricsServer:
+    """A running exposition server: a WSGI server in a daemon thread."""
+
+    def __init__(self, httpd: ThreadingWSGIServer, thread: threading.Thread) -> None:
+        self._httpd = httpd
+        self._thread = thread
+        self._closed = False
+
+    @property
+    def port(self) -> int:
+        """The TCP port bound (the one picked when 0 was asked for)."""
+        return int(self._httpd.server_address[1])
+
+    def close(self) -> None:
+        """Stop serving and release the port; blocks up to half a second."""
+        if self._closed:
+            return
+        self._closed = True
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+    async def aclose(self) -> None:
+        """Async ``close()``, run in a worker thread."""
+        await anyio.to_thread.run_sync(self.close)
+
+
+def start_server(
+    registry: CollectorRegistry,
+    host: str,
+    port: int,
+    wrap: Callable[[WSGIApplication], WSGIApplication] | None = None,
+) -> MetricsServer:
+    """Serve ``registry`` at ``/metrics`` on ``host:port`` from a daemon thread.
+
+    Built like ``prometheus_client.start_http_server``, from its public pieces.
+    ``wrap`` may put other routes (health probes) in front of the metrics app.
+
+    Raises:
+        OSError: the address cannot be resolved or bound.
+    """
+    family, _, _, _, sockaddr = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+
+    class _Server(ThreadingWSGIServer):
+        address_family = family
+
+    app: WSGIApplication = _make_wsgi_app(registry)
+    if wrap is not None:
+        app = wrap(app)
+    httpd = make_server(
+        str(sockaddr[0]), port, app, _Server, handler_class=_QuietHandler
+    )
+    thread = threading.Thread(
+        target=httpd.serve_forever, name="agentstream-metrics", daemon=True
+    )
+    thread.start()
+    return MetricsServer(httpd, thread)

@@ -1,0 +1,357 @@
+"""Metrics, /metrics, /healthz and /readyz: collectors alone and a live supervisor."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator
+from functools import partial
+from typing import Any
+
+import anyio
+import pytest
+import redis.asyncio as aioredis
+from structlog.testing import capture_logs
+
+from agentstream import App, Event, RedisStreamTransport, Settings, __version__
+from agentstream.config import RedisSettings
+from agentstream.health import Health, Heartbeat, check_loops
+from agentstream.metrics import (
+    OUTCOMES,
+    CollectorRegistry,
+    GroupStats,
+    Metrics,
+    collect_group_stats,
+    start_server,
+)
+from agentstream.pool import pool_from_settings
+from agentstream.reaper import SweepResult
+from agentstream.supervisor import StartupError, Supervisor
+from redis_server import RedisServerFactory, await_for
+
+N_EVENTS = 20
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$")
+
+
+def make_settings(redis_url: str, stream: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "block_ms": 100,
+        "consumers": 1,
+        "shutdown_timeout_s": 5.0,
+        "handler_timeout_s": 5.0,
+        "name_prefix": "m",
+        "subscriptions": [{"stream": stream}],
+        "redis": {"url": redis_url},
+        "reaper": {"interval_s": 0.1, "min_idle_ms": 300, "max_deliveries": 3},
+        "metrics": {"enabled": True, "host": "127.0.0.1", "port": 0},
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def fetch(port: int, path: str) -> tuple[int, str]:
+    """GET ``path`` from the local metrics port; returns status and body."""
+    url = f"http://127.0.0.1:{port}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status), response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+async def afetch(port: int, path: str) -> tuple[int, str]:
+    return await anyio.to_thread.run_sync(fetch, port, path)
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of the sample ``name`` whose labels include ``labels``."""
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if match is None or match.group(1) != name:
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
+        if labels.items() <= found.items():
+            return float(match.group(3))
+    return None
+
+
+async def status_is(port: int, path: str, code: int) -> bool:
+    return (await afetch(port, path))[0] == code
+
+
+class TestCollectors:
+    """Collectors on a test's own registry, no Redis."""
+
+    def test_tally_sweep_and_restarts(self) -> None:
+        """Tallies and sweeps add up per stream and group; restarts count deltas."""
+        registry = CollectorRegistry()
+        metrics = Metrics(registry)
+        counts = dict.fromkeys(OUTCOMES, 0) | {"ok": 3, "failed": 1}
+        metrics.record_tally("s", "g", counts)
+        metrics.record_tally("s", "g", dict.fromkeys(OUTCOMES, 0) | {"ok": 2})
+        metrics.record_sweep("s", "g", SweepResult(claimed=2, dead_lettered=1))
+        metrics.set_restarts(2)
+        metrics.set_restarts(5)
+
+        def value(name: str, **labels: str) -> float | None:
+            return registry.get_sample_value(name, labels)
+
+        assert value(
+            "agentstream_events_total", stream="s", group="g", outcome="ok"
+        ) == pytest.approx(5)
+        assert value(
+            "agentstream_events_total", stream="s", group="g", outcome="lost"
+        ) == pytest.approx(0)
+        assert value("agentstream_claimed_total", stream="s", group="g") == 2
+        assert value("agentstream_dead_lettered_total", stream="s", group="g") == 1
+        assert (
+            value(
+                "agentstream_reaper_sweep_duration_seconds_count", stream="s", group="g"
+            )
+            == 1
+        )
+        assert value("agentstream_consumer_restarts_total") == 5
+        assert value("agentstream_build_info", version=__version__) == 1
+        with pytest.raises(ValueError, match="unknown outcome"):
+            metrics.record_tally("s", "g", {"bogus": 1})
+
+    def test_unknown_lag_removes_the_series(self) -> None:
+        """A null lag drops the lag series and raises the unknown flag, not a 0."""
+        registry = CollectorRegistry()
+        metrics = Metrics(registry)
+        labels = {"stream": "s", "group": "g"}
+        metrics.record_group_stats("s", "g", GroupStats(5, 4, 1, 2.5, 2, 0))
+        assert registry.get_sample_value("agentstream_group_lag", labels) == 4
+        assert registry.get_sample_value("agentstream_group_lag_unknown", labels) == 0
+        metrics.record_group_stats("s", "g", GroupStats(5, None, 1, 2.5, 2, 0))
+        assert registry.get_sample_value("agentstream_group_lag", labels) is None
+        assert registry.get_sample_value("agentstream_group_lag_unknown", labels) == 1
+
+    def test_health_routes_and_checks(self) -> None:
+        """/healthz and /readyz answer from their checks; other paths are metrics."""
+        registry = CollectorRegistry()
+        Metrics(registry)
+        live = [True]
+        health = Health(lambda: (live[0], "why"), lambda: (False, "no redis"))
+        server = start_server(registry, "127.0.0.1", 0, health.wrap)
+        try:
+            assert fetch(server.port, "/healthz") == (200, "ok: why\n")
+            live[0] = False
+            assert fetch(server.port, "/healthz") == (503, "unavailable: why\n")
+            assert fetch(server.port, "/readyz") == (503, "unavailable: no redis\n")
+            status, body = fetch(server.port, "/metrics")
+            assert status == 200
+            assert "agentstream_build_info" in body
+        finally:
+            server.close()
+        beat = Heartbeat()
+        assert beat.check(now=beat.at + 1) == (True, "ok")
+        assert beat.check(now=beat.at + 6)[0] is False
+        assert check_loops([("c", 100.0, 10.0)], now=105.0) == (True, "ok")
+        ok, reason = check_loops([("c", 100.0, 10.0)], now=111.0)
+        assert not ok
+        assert "c (11s > 10s)" in reason
+
+
+@pytest.fixture(name="client")
+async def _client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.mark.anyio
+@pytest.mark.redis
+class TestGroupStats:
+    """collect_group_stats against a real Redis, through the worker's bytes pool."""
+
+    async def test_lag_pending_and_oldest_age(
+        self, redis_url: str, stream_name: str, client: aioredis.Redis
+    ) -> None:
+        """Lag counts undelivered entries; pending age comes from the oldest id."""
+        pool = pool_from_settings(
+            RedisSettings(url=redis_url), socket_timeout_s=5.0, max_connections=4
+        )
+        try:
+            transport = await RedisStreamTransport.aopen(stream_name, pool=pool)
+            minute_ago_ms = int(time.time() * 1000) - 60_000
+            await client.xadd(stream_name, {"n": "0"}, id=f"{minute_ago_ms}-0")
+            for n in range(1, 4):
+                await client.xadd(stream_name, {"n": str(n)})
+            await client.xadd(f"{stream_name}:dlq", {"n": "x"})
+
+            stats = await collect_group_stats(transport, f"{stream_name}:dlq")
+            assert stats == GroupStats(4, 4, 0, 0.0, 0, 1)
+
+            # One entry (the oldest) read and never acknowledged.
+            await transport.aread_batch("c", 1, None)
+            stats = await collect_group_stats(transport, f"{stream_name}:dlq")
+            assert (stats.lag, stats.pending, stats.consumers) == (3, 1, 1)
+            assert 59 <= stats.oldest_pending_age_s < 120
+
+            # Deleting an undelivered entry leaves Redis unable to tell the lag.
+            last: Any = await client.xrevrange(stream_name, count=1)
+            await client.xdel(stream_name, last[0][0])
+            stats = await collect_group_stats(transport, f"{stream_name}:dlq")
+            assert stats.lag is None
+            assert stats.length == 3
+        finally:
+            await client.delete(stream_name, f"{stream_name}:dlq")
+            await pool.aclose()
+
+
+@pytest.mark.anyio
+@pytest.mark.redis
+class TestServedBySupervisor:
+    """A supervisor in-process serving /metrics, /healthz and /readyz on port 0."""
+
+    async def test_events_counted_and_probes_ok(
+        self, redis_url: str, stream_name: str, client: aioredis.Redis
+    ) -> None:
+        """Handled events appear in events_total and both probes answer 200."""
+        app = App()
+
+        @app.handler("t")
+        async def handle(event: Event) -> None:
+            pass
+
+        producer = RedisStreamTransport(stream_name, redis_url=redis_url)
+        supervisor = Supervisor(
+            make_settings(redis_url, stream_name), app, handle_signals=False
+        )
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(supervisor.run)
+                await supervisor.started.wait()
+                port = supervisor.metrics_port
+                assert port is not None
+                for n in range(N_EVENTS):
+                    await producer.apublish("t", {"n": n})
+
+                async def all_ok(port: int) -> bool:
+                    _, text = await afetch(port, "/metrics")
+                    labels = {"stream": stream_name, "outcome": "ok"}
+                    value = sample(text, "agentstream_events_total", **labels)
+                    return value == N_EVENTS
+
+                await await_for(partial(all_ok, port), timeout=15)
+                await await_for(partial(status_is, port, "/readyz", 200), timeout=10)
+                assert (await afetch(port, "/healthz"))[0] == 200
+                _, text = await afetch(port, "/metrics")
+                labels = {"stream": stream_name, "group": "agents"}
+                assert sample(text, "agentstream_group_lag", **labels) == 0
+                assert sample(text, "agentstream_group_lag_unknown", **labels) == 0
+                assert sample(text, "agentstream_group_pending", **labels) == 0
+                length = sample(text, "agentstream_stream_length", stream=stream_name)
+                assert length == N_EVENTS
+                assert sample(
+                    text, "agentstream_reaper_last_sweep_timestamp_seconds", **labels
+                )
+                supervisor.stop()
+        assert port is not None  # mypy: the task group could have swallowed it
+        with pytest.raises(urllib.error.URLError):
+            fetch(port, "/healthz")  # the server is closed with the supervisor
+        await producer.adelete()
+        await producer.aclose()
+
+    async def test_healthz_fails_while_a_consumer_loop_is_stuck(
+        self, redis_url: str, stream_name: str, client: aioredis.Redis
+    ) -> None:
+        """A consumer whose loop has not ticked within its deadline fails /healthz."""
+        app = App()
+        started = anyio.Event()
+        release = anyio.Event()
+
+        @app.handler("block")
+        async def block(event: Event) -> None:
+            started.set()
+            await release.wait()
+
+        producer = RedisStreamTransport(stream_name, redis_url=redis_url)
+        supervisor = Supervisor(
+            make_settings(redis_url, stream_name), app, handle_signals=False
+        )
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(supervisor.run)
+                await supervisor.started.wait()
+                port = supervisor.metrics_port
+                assert port is not None
+                assert (await afetch(port, "/healthz"))[0] == 200
+                await producer.apublish("block", {})
+                await started.wait()
+                # The consumer sits in its handler and cannot tick; backdating its
+                # last tick stands in for an hour stuck there, past its deadline
+                # of block_ms/1000 + handler_timeout_s + 5 seconds.
+                consumer = next(c for c in supervisor.consumers if c.name == "m-0-0")
+                consumer.last_tick = time.monotonic() - 3600
+                status, body = await afetch(port, "/healthz")
+                assert status == 503
+                assert "m-0-0" in body
+                release.set()  # the loop reads again, ticks, and is live again
+                await await_for(partial(status_is, port, "/healthz", 200), timeout=10)
+                supervisor.stop()
+        await producer.adelete()
+        await producer.aclose()
+
+    async def test_readyz_follows_redis(
+        self, redis_factory: RedisServerFactory, stream_name: str
+    ) -> None:
+        """/readyz is 503 while Redis is down, 200 once back; /healthz stays 200."""
+        # With an AOF the group survives the restart; without one, getting it back
+        # depends on the consumers re-creating it, which is not what this pins.
+        fresh_redis = redis_factory(appendonly=True)
+        supervisor = Supervisor(
+            make_settings(fresh_redis.url, stream_name), App(), handle_signals=False
+        )
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(supervisor.run)
+                await supervisor.started.wait()
+                port = supervisor.metrics_port
+                assert port is not None
+                await await_for(partial(status_is, port, "/readyz", 200), timeout=10)
+                await anyio.to_thread.run_sync(fresh_redis.stop)
+                await await_for(partial(status_is, port, "/readyz", 503), timeout=10)
+                # Redis being down is readiness' business, not a reason to restart.
+                assert (await afetch(port, "/healthz"))[0] == 200
+                await anyio.to_thread.run_sync(fresh_redis.restart)
+                await await_for(partial(status_is, port, "/readyz", 200), timeout=30)
+                supervisor.stop()
+
+    async def test_port_in_use_is_a_startup_error(
+        self, redis_url: str, stream_name: str
+    ) -> None:
+        """A metrics port already bound stops the worker with StartupError."""
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            settings = make_settings(
+                redis_url, stream_name, metrics={"port": port, "host": "127.0.0.1"}
+            )
+            supervisor = Supervisor(settings, App(), handle_signals=False)
+            with anyio.fail_after(10), pytest.raises(StartupError, match=str(port)):
+                await supervisor.run()
+
+    async def test_only_process_0_serves(
+        self, redis_url: str, stream_name: str, client: aioredis.Redis
+    ) -> None:
+        """A child with process index > 0 serves no metrics and says so."""
+        supervisor = Supervisor(
+            make_settings(redis_url, stream_name),
+            App(),
+            process_index=1,
+            handle_signals=False,
+        )
+        with capture_logs() as logs, anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(supervisor.run)
+                await supervisor.started.wait()
+                supervisor.stop()
+        assert supervisor.metrics_port is None
+        assert any(e["event"] == "metrics_served_by_process_0" for e in logs)
+        await client.delete(stream_name)
