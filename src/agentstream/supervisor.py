@@ -27,6 +27,7 @@ from agentstream.metrics import (
 )
 from agentstream.pool import RedisConnectionPool, pool_from_settings
 from agentstream.reaper import Reaper, SweepResult
+from agentstream.systemd import SystemdNotifier
 from agentstream.transport import RedisStreamTransport
 
 __all__ = ["RedisState", "StartupError", "Supervisor"]
@@ -111,6 +112,7 @@ class Supervisor:
         self.metrics = Metrics(self.registry)
         self.metrics_port: int | None = None
         self._heartbeat = Heartbeat()
+        self._systemd = SystemdNotifier()
         self._groups_error: str | None = "not checked yet"
         # When each restarted loop began again; None while it waits to restart.
         self._loop_since: dict[str, float | None] = {}
@@ -155,7 +157,7 @@ class Supervisor:
         try:
             server = await self._serve_metrics()
             async with anyio.create_task_group() as tg:
-                if server is not None:
+                if server is not None or self._systemd.watchdog_s:
                     tg.start_soon(self._heartbeat.run)
                 if self._handle_signals:
                     tg.start_soon(self._watch_signals)
@@ -170,6 +172,9 @@ class Supervisor:
                 if server is not None:
                     tg.start_soon(self._report, transports)
                 self.started.set()
+                self._systemd.notify("READY=1", f"STATUS={self._status()}")
+                if self._systemd.enabled:
+                    tg.start_soon(self._notify_systemd)
                 log.info(
                     "worker_started",
                     process=self.process_index,
@@ -178,6 +183,7 @@ class Supervisor:
                 )
                 await self._stopping.wait()
                 log.info("worker_stopping", grace_s=settings.shutdown_timeout_s)
+                self._systemd.notify("STOPPING=1", "STATUS=draining in-flight events")
                 for consumer in self.consumers:
                     consumer.stop()
                 for reaper in self.reapers:
@@ -347,6 +353,29 @@ class Supervisor:
                 log.warning("group_stats_failed", error=error)
             self._groups_error = error
             await anyio.sleep(self.settings.reaper.interval_s)
+
+    def _status(self) -> str:
+        in_flight = sum(len(c.held_ids()) for c in self.consumers)
+        redis = "up" if self.redis.up else "unavailable"
+        return (
+            f"{len(self.consumers)} consumers on "
+            f"{len(self.settings.subscriptions)} streams, redis {redis}, "
+            f"{in_flight} in flight, {self.restarts} restarts"
+        )
+
+    async def _notify_systemd(self) -> None:
+        # WATCHDOG=1 only while live, so systemd restarts a wedged worker.
+        interval_s = (self._systemd.watchdog_s or 60.0) / 2
+        while not self._stopping.is_set():
+            live, reason = self._liveness()
+            lines = [f"STATUS={self._status()}"]
+            if self._systemd.watchdog_s and live:
+                lines.append("WATCHDOG=1")
+            elif not live:
+                log.warning("watchdog_withheld", reason=reason)
+            self._systemd.notify(*lines)
+            with anyio.move_on_after(interval_s):
+                await self._stopping.wait()
 
     def _liveness(self) -> tuple[bool, str]:
         # Runs in the metrics server's thread: reads state, never awaits.
