@@ -20,7 +20,6 @@ from agentstream import App, Event, RedisStreamTransport, Settings, __version__
 from agentstream.config import RedisSettings
 from agentstream.health import Health, Heartbeat, check_loops
 from agentstream.metrics import (
-    OUTCOMES,
     CollectorRegistry,
     GroupStats,
     Metrics,
@@ -30,6 +29,7 @@ from agentstream.metrics import (
 from agentstream.pool import pool_from_settings
 from agentstream.reaper import SweepResult
 from agentstream.supervisor import StartupError, Supervisor
+from agentstream.tally import FAILED, MAX_TYPES, OK, Tally
 from redis_server import RedisServerFactory, await_for
 
 N_EVENTS = 20
@@ -86,37 +86,57 @@ class TestCollectors:
     """Collectors on a test's own registry, no Redis."""
 
     def test_tally_sweep_and_restarts(self) -> None:
-        """Tallies and sweeps add up per stream and group; restarts count deltas."""
+        """Tallies add up per type and outcome, with histograms; restarts are deltas."""
         registry = CollectorRegistry()
         metrics = Metrics(registry)
-        counts = dict.fromkeys(OUTCOMES, 0) | {"ok": 3, "failed": 1}
-        metrics.record_tally("s", "g", counts)
-        metrics.record_tally("s", "g", dict.fromkeys(OUTCOMES, 0) | {"ok": 2})
+        tally = Tally()
+        tally.count("token", OK, 3)
+        tally.count("tool_call", FAILED)
+        tally.of("token").observe(0.002, 0.5)
+        tally.of("token").observe(0.2, 1.5)
+        tally.dead_lettered("max_deliveries")
+        metrics.record_tally("s", "g", tally.take())
+        tally.count("token", OK, 2)
+        metrics.record_tally("s", "g", tally.take())
         metrics.record_sweep("s", "g", SweepResult(claimed=2, dead_lettered=1))
         metrics.set_restarts(2)
         metrics.set_restarts(5)
+        metrics.record_redis({"xreadgroup": 2}, 1)
 
         def value(name: str, **labels: str) -> float | None:
             return registry.get_sample_value(name, labels)
 
+        group = {"stream": "s", "group": "g"}
         assert value(
-            "agentstream_events_total", stream="s", group="g", outcome="ok"
+            "agentstream_events_total", **group, type="token", outcome="ok"
         ) == pytest.approx(5)
         assert value(
-            "agentstream_events_total", stream="s", group="g", outcome="lost"
-        ) == pytest.approx(0)
-        assert value("agentstream_claimed_total", stream="s", group="g") == 2
-        assert value("agentstream_dead_lettered_total", stream="s", group="g") == 1
+            "agentstream_events_total", **group, type="tool_call", outcome="failed"
+        ) == pytest.approx(1)
+        duration = "agentstream_handler_duration_seconds"
+        assert value(f"{duration}_count", **group, type="token") == 2
+        assert value(f"{duration}_bucket", **group, type="token", le="0.0025") == 1
+        assert value(f"{duration}_sum", **group, type="token") == pytest.approx(0.202)
+        assert value("agentstream_event_age_seconds_count", **group) == 2
+        assert value("agentstream_event_age_seconds_bucket", **group, le="1.0") == 1
+        assert value("agentstream_claimed_total", **group) == 2
         assert (
-            value(
-                "agentstream_reaper_sweep_duration_seconds_count", stream="s", group="g"
-            )
+            value("agentstream_dead_lettered_total", **group, reason="max_deliveries")
             == 1
         )
+        assert value("agentstream_reaper_sweep_duration_seconds_count", **group) == 1
         assert value("agentstream_consumer_restarts_total") == 5
+        assert value("agentstream_redis_errors_total", operation="xreadgroup") == 2
+        assert value("agentstream_redis_reconnects_total") == 1
         assert value("agentstream_build_info", version=__version__) == 1
-        with pytest.raises(ValueError, match="unknown outcome"):
-            metrics.record_tally("s", "g", {"bogus": 1})
+
+    def test_event_types_are_bounded(self) -> None:
+        """Past MAX_TYPES distinct types, the rest are counted as 'other'."""
+        tally = Tally()
+        for n in range(MAX_TYPES + 10):
+            tally.count(f"t{n}", OK)
+        assert len(tally.types) == MAX_TYPES + 1
+        assert tally.types["other"].counts[OK] == 10
 
     def test_unknown_lag_removes_the_series(self) -> None:
         """A null lag drops the lag series and raises the unknown flag, not a 0."""
@@ -233,7 +253,7 @@ class TestServedBySupervisor:
 
                 async def all_ok(port: int) -> bool:
                     _, text = await afetch(port, "/metrics")
-                    labels = {"stream": stream_name, "outcome": "ok"}
+                    labels = {"stream": stream_name, "type": "t", "outcome": "ok"}
                     value = sample(text, "agentstream_events_total", **labels)
                     return value == N_EVENTS
 

@@ -6,7 +6,6 @@ import time
 import traceback
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, fields
 from typing import Any
 
 import anyio
@@ -16,9 +15,21 @@ from agentstream.app import App
 from agentstream.config import Settings, SubscriptionSettings
 from agentstream.errors import DeadLetter, Retry
 from agentstream.event import Event, decode_event
+from agentstream.tally import (
+    DEAD_LETTER,
+    FAILED,
+    LOST,
+    MALFORMED,
+    OK,
+    RETRY,
+    TIMEOUT,
+    UNHANDLED,
+    UNKNOWN_TYPE,
+    Tally,
+)
 from agentstream.transport import RawEntry, RawFields, RedisStreamTransport
 
-__all__ = ["RETRY_CONSUMER", "Consumer", "Tally"]
+__all__ = ["RETRY_CONSUMER", "Consumer"]
 
 #: Where a consumer parks the entries it failed, until the reaper retries them.
 #: Live consumers then hold only entries in flight (their leases fresh), so a
@@ -29,28 +40,7 @@ log = structlog.get_logger("agentstream.consumer")
 
 _ERROR_MAX = 2000
 _monotonic = time.monotonic
-
-
-@dataclass(slots=True)
-class Tally:
-    """Outcome counts since the last time they were collected."""
-
-    ok: int = 0
-    retry: int = 0
-    failed: int = 0
-    timeout: int = 0
-    dead_letter: int = 0
-    unhandled: int = 0
-    malformed: int = 0
-    lost: int = 0
-
-    def take(self) -> dict[str, int]:
-        """Return the counts and reset them to zero."""
-        out = {}
-        for f in fields(self):
-            out[f.name] = getattr(self, f.name)
-            setattr(self, f.name, 0)
-        return out
+_time = time.time
 
 
 def describe_error(exc: BaseException) -> str:
@@ -100,6 +90,7 @@ class Consumer:
         self._held: Sequence[Any] = ()
         self._pos = 0
         self._handler_started = 0.0
+        self._current_type = UNKNOWN_TYPE
         self._timed_out: int | None = None
         self._scope: anyio.CancelScope | None = None
         self._read_scope: anyio.CancelScope | None = None
@@ -230,8 +221,9 @@ class Consumer:
     ) -> None:
         entry_id = raw_id.decode() if type(raw_id) is bytes else raw_id
         assert type(entry_id) is str
+        tally = self.tally
         if entry_fields is None:
-            self.tally.lost += 1
+            tally.count(UNKNOWN_TYPE, LOST)
             log.error("event_lost", event_id=entry_id, reason="data gone from stream")
             self._ack(raw_id)
             return
@@ -239,14 +231,15 @@ class Consumer:
             self._stream, entry_id, entry_fields, count, self.name, self._group
         )
         if type(event) is str:
-            self.tally.malformed += 1
+            tally.count(UNKNOWN_TYPE, MALFORMED)
             log.warning("event_malformed", event_id=entry_id, reason=event)
             await self.dead_letter(entry_id, entry_fields, "malformed", event, count)
             return
         assert isinstance(event, Event)
         handler = self._app.resolve(self._stream, event.type)
+        type_tally = tally.of(event.type)
         if handler is None:
-            self.tally.unhandled += 1
+            type_tally.counts[UNHANDLED] += 1
             if self._unhandled_dead:
                 await self.dead_letter(
                     entry_id, entry_fields, "unhandled", "no handler", count
@@ -254,7 +247,10 @@ class Consumer:
             else:
                 self._ack(raw_id)
             return
-        self.last_tick = self._handler_started = _monotonic()
+        self._current_type = event.type
+        # The entry id's first part is the publish time in ms: its age at start.
+        age_s = _time() - int(entry_id[: entry_id.find("-")]) / 1000
+        started = self.last_tick = self._handler_started = _monotonic()
         try:
             if handler.is_async:
                 await handler.func(event)
@@ -264,20 +260,24 @@ class Consumer:
                 )
         except DeadLetter as exc:
             self._handler_started = 0.0
-            self.tally.dead_letter += 1
+            type_tally.observe(_monotonic() - started, age_s)
+            type_tally.counts[DEAD_LETTER] += 1
             await self.dead_letter(
                 entry_id, entry_fields, exc.reason, describe_error(exc), count
             )
         except Retry:
             self._handler_started = 0.0
-            self.tally.retry += 1
+            type_tally.observe(_monotonic() - started, age_s)
+            type_tally.counts[RETRY] += 1
             await self._park(entry_id)
         except Exception as exc:  # noqa: BLE001 - a handler failure stops here
             self._handler_started = 0.0
+            type_tally.observe(_monotonic() - started, age_s)
             await self._failed(entry_id, exc, "failed", event)
         else:
             self._handler_started = 0.0
-            self.tally.ok += 1
+            type_tally.observe(_monotonic() - started, age_s)
+            type_tally.counts[OK] += 1
             self._ack(raw_id)
 
     def _ack(self, raw_id: bytes | str) -> None:
@@ -292,14 +292,12 @@ class Consumer:
         kind: str,
         event: Event | None = None,
     ) -> None:
-        if kind == "timeout":
-            self.tally.timeout += 1
-        else:
-            self.tally.failed += 1
+        event_type = event.type if event else self._current_type
+        self.tally.count(event_type, TIMEOUT if kind == "timeout" else FAILED)
         log.error(
             "handler_failed" if kind == "failed" else "handler_timeout",
             event_id=entry_id,
-            event_type=event.type if event else None,
+            event_type=event_type,
             delivery_count=event.delivery_count if event else None,
             exc_info=exc if kind == "failed" else None,
             error=describe_error(exc),
@@ -324,6 +322,7 @@ class Consumer:
         delivery_count: int,
     ) -> None:
         """Move one entry to the dead-letter stream (and acknowledge it)."""
+        self.tally.dead_lettered(reason)
         await self.transport.adead_letter(
             entry_id,
             entry_fields,

@@ -31,7 +31,15 @@ class HandlerConflict(AgentStreamError):
 
 
 class TransportError(AgentStreamError):
-    """A Redis command failed; the message names the server, never a password."""
+    """A Redis command failed; the message names the server, never a password.
+
+    Attributes:
+        operation: the Redis command or step that failed (``"xreadgroup"``, ...).
+    """
+
+    def __init__(self, message: str, operation: str = "other") -> None:
+        super().__init__(message)
+        self.operation = operation
 
 
 class ConnectionError(TransportError):

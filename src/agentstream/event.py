@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Event", "decode_event", "encode_fields", "parse_lenient"]
+__all__ = ["Event", "decode_event", "encode_fields", "event_type", "parse_lenient"]
 
 
 @dataclass(slots=True)
@@ -182,3 +182,9 @@ def decode_event(
         consumer,
         group,
     )
+
+
+def event_type(fields: Mapping[bytes, bytes] | None) -> str:
+    """The ``type`` field of raw fields as text, or ``"unknown"``."""
+    raw = (fields or {}).get(_TYPE)
+    return raw.decode(errors="replace") if raw else "unknown"

@@ -6,7 +6,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 from wsgiref.types import WSGIApplication
@@ -17,9 +17,9 @@ from prometheus_client import make_wsgi_app as _make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
 from agentstream._version import __version__
-from agentstream.consumer import Tally
 from agentstream.errors import TransportError
 from agentstream.reaper import SweepResult
+from agentstream.tally import BUCKETS_S, OUTCOMES, Tally
 from agentstream.transport import RedisStreamTransport
 
 __all__ = [
@@ -31,9 +31,6 @@ __all__ = [
     "collect_group_stats",
     "start_server",
 ]
-
-#: The ``outcome`` label values of ``agentstream_events_total``.
-OUTCOMES: tuple[str, ...] = tuple(f.name for f in fields(Tally))
 
 _GROUP = ("stream", "group")
 # Sweeps also handle what they claim, so they can take as long as handlers do.
@@ -64,15 +61,41 @@ class Metrics:
 
         self.events = counter(
             "agentstream_events_total",
-            "Events handled, by outcome.",
-            ("stream", "group", "outcome"),
+            "Events handled, by type and outcome.",
+            ("stream", "group", "type", "outcome"),
+        )
+        self.handler_duration = Histogram(
+            "agentstream_handler_duration_seconds",
+            "Time spent in handlers, by event type.",
+            ("stream", "group", "type"),
+            buckets=BUCKETS_S,
+            registry=registry,
+        )
+        self.event_age = Histogram(
+            "agentstream_event_age_seconds",
+            "Time from an entry's id (its publish time) to the start of its handler.",
+            _GROUP,
+            buckets=BUCKETS_S,
+            registry=registry,
+        )
+        self.redis_errors = Counter(
+            "agentstream_redis_errors_total",
+            "Redis commands that failed, by operation.",
+            ("operation",),
+            registry=registry,
+        )
+        self.redis_reconnects = Counter(
+            "agentstream_redis_reconnects_total",
+            "Times Redis answered again after being unavailable.",
+            registry=registry,
         )
         self.claimed = counter(
             "agentstream_claimed_total", "Stale entries the reaper claimed."
         )
         self.dead_lettered = counter(
             "agentstream_dead_lettered_total",
-            "Entries the reaper dead-lettered after max_deliveries.",
+            "Entries moved to the dead-letter stream, by reason.",
+            ("stream", "group", "reason"),
         )
         self.sweep_duration = Histogram(
             "agentstream_reaper_sweep_duration_seconds",
@@ -125,18 +148,34 @@ class Metrics:
         build.labels(__version__).set(1)
         self._restarts_seen = 0
 
-    def record_tally(self, stream: str, group: str, counts: dict[str, int]) -> None:
-        """Add a batch of outcome counts (a ``Tally.take()``) to the totals."""
-        for outcome, n in counts.items():
-            if outcome not in OUTCOMES:
-                raise ValueError(f"unknown outcome {outcome!r}")
-            # Children are created even at 0, so every outcome is exported.
-            self.events.labels(stream, group, outcome).inc(n)
+    def record_tally(self, stream: str, group: str, tally: Tally) -> None:
+        """Add what a consumer counted (a ``Tally.take()``) to the totals."""
+        age_buckets = [0] * (len(BUCKETS_S) + 1)
+        age_sum = 0.0
+        for event_type, counts in tally.types.items():
+            for outcome, n in zip(OUTCOMES, counts.counts, strict=True):
+                if n:
+                    self.events.labels(stream, group, event_type, outcome).inc(n)
+            if any(counts.duration):
+                child = self.handler_duration.labels(stream, group, event_type)
+                _add_buckets(child, counts.duration, counts.duration_sum)
+            age_buckets = [a + b for a, b in zip(age_buckets, counts.age, strict=True)]
+            age_sum += counts.age_sum
+        if any(age_buckets):
+            _add_buckets(self.event_age.labels(stream, group), age_buckets, age_sum)
+        for reason, n in tally.dead_letter_reasons.items():
+            self.dead_lettered.labels(stream, group, reason).inc(n)
+
+    def record_redis(self, errors: dict[str, int], reconnects: int) -> None:
+        """Add Redis failures by operation and recoveries since the last call."""
+        for operation, n in errors.items():
+            self.redis_errors.labels(operation).inc(n)
+        if reconnects:
+            self.redis_reconnects.inc(reconnects)
 
     def record_sweep(self, stream: str, group: str, result: SweepResult) -> None:
         """Record what one reaper sweep did and how long it took."""
         self.claimed.labels(stream, group).inc(result.claimed)
-        self.dead_lettered.labels(stream, group).inc(result.dead_lettered)
         self.sweep_duration.labels(stream, group).observe(result.duration_s)
         self.last_sweep.labels(stream, group).set(time.time())
 
@@ -164,6 +203,16 @@ class Metrics:
     def set_in_flight(self, n: int) -> None:
         """Set the number of entries read and not yet acknowledged."""
         self.in_flight.set(n)
+
+
+def _add_buckets(child: Histogram, buckets: list[int], total: float) -> None:
+    # prometheus-client has no bulk observe: add the counts that consumers
+    # gathered per bucket (same bounds) to the child's own per-bucket values.
+    # Its buckets are stored non-cumulative, like ours.
+    for value, n in zip(child._buckets, buckets, strict=True):
+        if n:
+            value.inc(n)
+    child._sum.inc(total)
 
 
 async def collect_group_stats(

@@ -11,6 +11,8 @@ import structlog
 
 from agentstream.config import ReaperSettings
 from agentstream.consumer import RETRY_CONSUMER, Consumer
+from agentstream.event import event_type
+from agentstream.tally import DEAD_LETTER, LOST, UNKNOWN_TYPE
 from agentstream.transport import PendingEntry
 
 __all__ = ["Reaper", "SweepResult", "backoff_ms"]
@@ -153,7 +155,8 @@ class Reaper:
         for entry_id in claim.lost:
             log.error("event_lost", event_id=entry_id, reason="data gone from stream")
         result.lost += len(claim.lost)
-        consumer.tally.lost += len(claim.lost)
+        if claim.lost:
+            consumer.tally.count(UNKNOWN_TYPE, LOST, len(claim.lost))
         retry = []
         for entry in claim.entries:
             deliveries = entry.delivery_count - 1  # the claim itself counted one
@@ -166,7 +169,7 @@ class Reaper:
                     error or "unknown (no error recorded)",
                     deliveries,
                 )
-                consumer.tally.dead_letter += 1
+                consumer.tally.count(event_type(entry.fields), DEAD_LETTER)
                 result.dead_lettered += 1
             else:
                 retry.append(entry)

@@ -48,9 +48,13 @@ class RedisState:
 
     def __init__(self) -> None:
         self.up = True
+        self.errors: dict[str, int] = {}
+        self.reconnects = 0
 
     def failed(self, exc: BaseException) -> None:
         """Record a failed Redis call."""
+        operation = getattr(exc, "operation", "other")
+        self.errors[operation] = self.errors.get(operation, 0) + 1
         if self.up:
             self.up = False
             log.error("redis_unavailable", error=describe_error(exc))
@@ -59,7 +63,14 @@ class RedisState:
         """Record a successful Redis call."""
         if not self.up:
             self.up = True
+            self.reconnects += 1
             log.info("redis_available")
+
+    def take(self) -> tuple[dict[str, int], int]:
+        """Errors by operation and reconnects since the last call."""
+        errors, self.errors = self.errors, {}
+        reconnects, self.reconnects = self.reconnects, 0
+        return errors, reconnects
 
 
 def unwrap(exc: BaseException) -> BaseException:
@@ -340,6 +351,7 @@ class Supervisor:
                 stream, group = c.transport.stream_name, c.transport.consumer_group
                 self.metrics.record_tally(stream, group, c.tally.take())
             self.metrics.set_restarts(self.restarts)
+            self.metrics.record_redis(*self.redis.take())
             self.metrics.set_in_flight(sum(len(c.held_ids()) for c in self.consumers))
             error = None
             for sub, transport in zip(subs, transports, strict=True):

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    Sequence,
+)
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -177,25 +184,25 @@ class RedisStreamTransport:
             yield
         except rex.AuthenticationError as exc:
             msg = f"Redis at {self._where} refused the credentials: {exc}"
-            raise errors.AuthenticationError(self._scrub(msg)) from None
+            raise errors.AuthenticationError(self._scrub(msg), operation) from None
         except (rex.ConnectionError, rex.TimeoutError, OSError) as exc:
             msg = f"cannot reach Redis at {self._where} ({operation}): {exc}"
-            raise errors.ConnectionError(self._scrub(msg)) from None
+            raise errors.ConnectionError(self._scrub(msg), operation) from None
         except rex.NoPermissionError as exc:
             msg = f"Redis at {self._where} denied {operation}: {exc}"
-            raise errors.PermissionDenied(self._scrub(msg)) from None
+            raise errors.PermissionDenied(self._scrub(msg), operation) from None
         except rex.ResponseError as exc:
             text = str(exc)
             if "NOGROUP" in text:  # pipelines prefix the command's position
-                raise _NoGroup(text) from None
+                raise _NoGroup(text, operation) from None
             if text.startswith(("WRONGPASS", "NOAUTH")):
                 msg = f"Redis at {self._where} refused the credentials: {text}"
-                raise errors.AuthenticationError(self._scrub(msg)) from None
+                raise errors.AuthenticationError(self._scrub(msg), operation) from None
             msg = f"Redis at {self._where} rejected {operation}: {text}"
-            raise errors.TransportError(self._scrub(msg)) from None
+            raise errors.TransportError(self._scrub(msg), operation) from None
         except rex.RedisError as exc:
             msg = f"Redis error at {self._where} ({operation}): {exc}"
-            raise errors.TransportError(self._scrub(msg)) from None
+            raise errors.TransportError(self._scrub(msg), operation) from None
 
     def _call(self, operation: str, fn: Callable[[], T], recreate: bool = False) -> T:
         try:
@@ -942,7 +949,7 @@ class RedisStreamTransport:
 
     async def asubscribe_raw(
         self, last_id: str = "$", block_ms: int = 1000
-    ) -> AsyncIterator[tuple[str, RawFields]]:
+    ) -> AsyncGenerator[tuple[str, RawFields], None]:
         """Like ``asubscribe()``, but yields undecoded ``(id, fields)`` pairs.
 
         It reads through the bytes connection, so it works on any pool, and an

@@ -114,7 +114,7 @@ def test_prometheus_scrapes_lag_and_events(
                 _value(
                     query(
                         prom_port,
-                        f'agentstream_events_total{{{labels},outcome="ok"}}',
+                        f'agentstream_events_total{{{labels},type="ok",outcome="ok"}}',
                     )
                 )
                 == 50.0

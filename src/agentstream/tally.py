@@ -1,0 +1,103 @@
+"""Tally: per-batch counts and latency buckets, cheap enough for the hot path.
+
+Consumers add to plain lists here for every event; the metrics reporter takes
+the totals every few seconds, so no Prometheus call happens per event.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+
+__all__ = ["BUCKETS_S", "OUTCOMES", "Tally", "TypeTally"]
+
+#: The ``outcome`` label values of ``agentstream_events_total``.
+OUTCOMES = (
+    "ok",
+    "retry",
+    "failed",
+    "timeout",
+    "dead_letter",
+    "unhandled",
+    "malformed",
+    "lost",
+)
+OK, RETRY, FAILED, TIMEOUT, DEAD_LETTER, UNHANDLED, MALFORMED, LOST = range(8)
+
+#: Upper bounds of the handler-duration and event-age histograms, in seconds.
+BUCKETS_S = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+)  # fmt: skip
+
+# Producers may invent event types without end; past this many, the rest are
+# counted as "other" so that the label set stays bounded.
+MAX_TYPES = 200
+MAX_REASONS = 50
+UNKNOWN_TYPE = "unknown"
+OTHER = "other"
+
+
+class TypeTally:
+    """Counts by outcome and two histograms (duration, age) for one type."""
+
+    __slots__ = ("age", "age_sum", "counts", "duration", "duration_sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * len(OUTCOMES)
+        self.duration = [0] * (len(BUCKETS_S) + 1)
+        self.duration_sum = 0.0
+        self.age = [0] * (len(BUCKETS_S) + 1)
+        self.age_sum = 0.0
+
+    def observe(self, duration_s: float, age_s: float) -> None:
+        """Record one handler call: its duration and the event's age at start."""
+        self.duration[bisect_left(BUCKETS_S, duration_s)] += 1
+        self.duration_sum += duration_s
+        self.age[bisect_left(BUCKETS_S, age_s)] += 1
+        self.age_sum += age_s
+
+
+class Tally:
+    """Everything a consumer counted since the last ``take()``."""
+
+    __slots__ = ("dead_letter_reasons", "types")
+
+    def __init__(self) -> None:
+        self.types: dict[str, TypeTally] = {}
+        self.dead_letter_reasons: dict[str, int] = {}
+
+    def of(self, event_type: str) -> TypeTally:
+        """The tally of one event type (``other`` past ``MAX_TYPES`` types)."""
+        tally = self.types.get(event_type)
+        if tally is None:
+            if len(self.types) >= MAX_TYPES:
+                event_type = OTHER
+                tally = self.types.get(OTHER)
+            if tally is None:
+                tally = self.types[event_type] = TypeTally()
+        return tally
+
+    def count(self, event_type: str, outcome: int, n: int = 1) -> None:
+        """Add ``n`` events of one outcome (an index into ``OUTCOMES``)."""
+        self.of(event_type).counts[outcome] += n
+
+    def dead_lettered(self, reason: str) -> None:
+        """Count one dead letter by reason (``other`` past ``MAX_REASONS``)."""
+        reasons = self.dead_letter_reasons
+        if reason not in reasons and len(reasons) >= MAX_REASONS:
+            reason = OTHER
+        self.dead_letter_reasons[reason] = self.dead_letter_reasons.get(reason, 0) + 1
+
+    def total(self, outcome: int) -> int:
+        """The count of one outcome over every type."""
+        return sum(t.counts[outcome] for t in self.types.values())
+
+    def take(self) -> Tally:
+        """Return what was counted so far and start counting from zero."""
+        taken = Tally()
+        taken.types, self.types = self.types, {}
+        taken.dead_letter_reasons, self.dead_letter_reasons = (
+            self.dead_letter_reasons,
+            {},
+        )
+        return taken
