@@ -117,7 +117,13 @@ def run_worker(argv: Sequence[str] | None = None) -> int:
     if settings.processes > 1 and args.process_index is None:
         from agentstream.processes import run_processes
 
-        return run_processes(settings, list(argv if argv is not None else sys.argv[1:]))
+        try:
+            return run_processes(
+                settings, list(argv if argv is not None else sys.argv[1:])
+            )
+        except StartupError as exc:
+            print(f"agentstream-worker: cannot start: {exc}", file=sys.stderr)
+            return EXIT_STARTUP
     supervisor = Supervisor(
         settings,
         app,

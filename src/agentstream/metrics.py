@@ -7,12 +7,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 from wsgiref.types import WSGIApplication
 
 import anyio
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client import make_wsgi_app as _make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
@@ -56,8 +56,15 @@ class Metrics:
         def counter(name: str, doc: str, labels: tuple[str, ...] = _GROUP) -> Counter:
             return Counter(name, doc, labels, registry=registry)
 
-        def gauge(name: str, doc: str, labels: tuple[str, ...] = _GROUP) -> Gauge:
-            return Gauge(name, doc, labels, registry=registry)
+        # With several worker processes, each reports the same group state:
+        # the parent shows the most recent report, not a sum of copies.
+        def gauge(
+            name: str,
+            doc: str,
+            labels: tuple[str, ...] = _GROUP,
+            mode: Literal["mostrecent", "max", "livesum"] = "mostrecent",
+        ) -> Gauge:
+            return Gauge(name, doc, labels, registry=registry, multiprocess_mode=mode)
 
         self.events = counter(
             "agentstream_events_total",
@@ -107,6 +114,7 @@ class Metrics:
         self.last_sweep = gauge(
             "agentstream_reaper_last_sweep_timestamp_seconds",
             "Unix time at which the last reaper sweep ended.",
+            mode="max",
         )
         self.lag = gauge(
             "agentstream_group_lag",
@@ -139,12 +147,15 @@ class Metrics:
             "Consumer and reaper loops restarted after a failure.",
             registry=registry,
         )
-        self.in_flight = Gauge(
+        self.in_flight = gauge(
             "agentstream_in_flight",
-            "Entries this process has read and not yet acknowledged.",
-            registry=registry,
+            "Entries read and not yet acknowledged (summed over live processes).",
+            (),
+            "livesum",
         )
-        build = gauge("agentstream_build_info", "agentstream version.", ("version",))
+        build = gauge(
+            "agentstream_build_info", "agentstream version.", ("version",), "max"
+        )
         build.labels(__version__).set(1)
         self._restarts_seen = 0
 
@@ -320,3 +331,20 @@ def start_server(
     )
     thread.start()
     return MetricsServer(httpd, thread)
+
+
+# -- several worker processes --------------------------------------------------
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_registry(path: str) -> CollectorRegistry:
+    """A registry that sums what every process wrote into ``path``."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
+    return registry
+
+
+def mark_process_dead(pid: int, path: str) -> None:
+    """Drop a dead process's live gauges (its counters keep counting in the sum)."""
+    multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
+from functools import partial
 
 import anyio
 import anyio.abc
 import structlog
 
 from agentstream.config import Settings
-from agentstream.supervisor import jittered
+from agentstream.health import Health, Heartbeat
+from agentstream.metrics import (
+    MULTIPROC_ENV,
+    mark_process_dead,
+    multiprocess_registry,
+    start_server,
+)
+from agentstream.supervisor import StartupError, jittered
 
 __all__ = ["run_processes"]
 
@@ -32,6 +43,8 @@ class _Parent:
         self.status = 0
         self.all_exited = anyio.Event()
         self._alive = 0
+        self.heartbeat = Heartbeat()
+        self.metrics_dir: str | None = None
 
     def command(self, index: int) -> list[str]:
         return [
@@ -44,7 +57,47 @@ class _Parent:
         ]
 
     async def run(self) -> int:
+        metrics = self.settings.metrics
+        if not metrics.enabled:
+            return await self._run()
+        self.metrics_dir = tempfile.mkdtemp(prefix="agentstream-metrics-")
+        health = Health(self.liveness, self.readiness)
+        serve = partial(
+            start_server,
+            multiprocess_registry(self.metrics_dir),
+            metrics.host,
+            metrics.port,
+            health.wrap,
+        )
+        try:
+            server = await anyio.to_thread.run_sync(serve)
+        except OSError as exc:
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
+            reason = exc.strerror or str(exc)
+            raise StartupError(
+                f"cannot serve metrics on {metrics.host}:{metrics.port}: {reason}"
+            ) from None
+        log.info("metrics_serving", host=metrics.host, port=server.port)
+        try:
+            return await self._run()
+        finally:
+            await server.aclose()
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
+
+    def liveness(self) -> tuple[bool, str]:
+        return self.heartbeat.check()
+
+    def readiness(self) -> tuple[bool, str]:
+        if self.stopping.is_set():
+            return False, "stopping"
+        running = len(self.children)
+        if running < self.settings.processes:
+            return False, f"{running} of {self.settings.processes} processes running"
+        return True, "ok"
+
+    async def _run(self) -> int:
         async with anyio.create_task_group() as tg:
+            tg.start_soon(self.heartbeat.run)
             tg.start_soon(self.watch_signals)
             for index in range(self.settings.processes):
                 tg.start_soon(self.keep_alive, index)
@@ -71,12 +124,16 @@ class _Parent:
             started = time.monotonic()
             # A session of its own: a Ctrl-C on the terminal reaches only the
             # parent, which forwards one SIGTERM (two would force a stop).
+            env = dict(os.environ)
+            if self.metrics_dir is not None:
+                env[MULTIPROC_ENV] = self.metrics_dir
             process = await anyio.open_process(
                 self.command(index),
                 stdin=None,
                 stdout=None,
                 stderr=None,
                 start_new_session=True,
+                env=env,
             )
             self.children[index] = process
             log.info("process_started", process=index, pid=process.pid)
@@ -84,6 +141,8 @@ class _Parent:
                 status = await process.wait()
             finally:
                 self.children.pop(index, None)
+                if self.metrics_dir is not None:
+                    mark_process_dead(process.pid, self.metrics_dir)
             if self.stopping.is_set():
                 return
             if status in _FATAL:
@@ -121,5 +180,10 @@ def run_processes(settings: Settings, argv: Sequence[str]) -> int:
 
     A child that dies for any reason (even ``kill -9``) is started again with a
     capped backoff; a child that fails on configuration or startup stops all.
+    The parent serves the metrics of all children, summed (prometheus-client's
+    multiprocess mode, in a directory made fresh at start and removed at exit).
+
+    Raises:
+        StartupError: the metrics port cannot be bound.
     """
     return anyio.run(_Parent(settings, argv).run, backend="asyncio")

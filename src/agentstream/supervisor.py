@@ -180,7 +180,7 @@ class Supervisor:
                     tg.cancel_scope.cancel()
                     return 0
                 self._start_loops(tg, transports)
-                if server is not None:
+                if self.settings.metrics.enabled:
                     tg.start_soon(self._report, transports)
                 self.started.set()
                 self._systemd.notify("READY=1", f"STATUS={self._status()}")
@@ -327,10 +327,9 @@ class Supervisor:
         conf = self.settings.metrics
         if not conf.enabled:
             return None
-        if self.process_index > 0:
-            # Sibling processes would fight over one port; multi-process metrics
-            # are not aggregated yet, so only process 0 serves its own.
-            log.info("metrics_served_by_process_0", process=self.process_index)
+        if self._parent_pid is not None:
+            # A child of a multi-process parent: the parent serves the sum of
+            # every child's metrics (prometheus-client's multiprocess mode).
             return None
         health = Health(self._liveness, self._readiness)
         serve = partial(start_server, self.registry, conf.host, conf.port, health.wrap)
