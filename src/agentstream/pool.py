@@ -172,6 +172,4 @@ def pool_from_settings(
             ssl_cert_reqs=settings.ssl_cert_reqs,
             ssl_check_hostname=settings.ssl_check_hostname,
         )
-    return RedisConnectionPool(
-        settings.url, max_connections=max_connections, **kwargs
-    )
+    return RedisConnectionPool(settings.url, max_connections=max_connections, **kwargs)
