@@ -257,3 +257,41 @@ async def _idle_at_least(t: RedisStreamTransport, entry_id: str, ms: int) -> boo
 
 def _pending_of(t: RedisStreamTransport, consumer: str) -> list[Any]:
     return t.pending_range(10, consumer=consumer)
+
+
+class TestSubscriptions:
+    async def test_two_streams_in_one_worker(
+        self, redis_url: str, stream_name: str, client: aioredis.Redis
+    ) -> None:
+        """One worker consumes two streams, each with its own handlers and group."""
+        other = stream_name + ":other"
+        app = App()
+        seen: list[tuple[str, str]] = []
+
+        @app.handler("t", stream=stream_name)
+        async def first(event: Event) -> None:
+            seen.append(("first", event.stream))
+
+        @app.handler("t", stream=other)
+        async def second(event: Event) -> None:
+            seen.append(("second", event.stream))
+
+        settings = make_settings(
+            redis_url,
+            stream_name,
+            subscriptions=[{"stream": stream_name}, {"stream": other, "group": "g2"}],
+        )
+        for stream, group in ((stream_name, "agents"), (other, "g2")):
+            producer = RedisStreamTransport(
+                stream, redis_url=redis_url, consumer_group=group
+            )
+            producer.publish("t", {})
+            producer.close()
+        supervisor = Supervisor(settings, app, handle_signals=False)
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(supervisor.run)
+                await await_for(lambda: len(seen) == 2, timeout=10)
+                supervisor.stop()
+        assert sorted(seen) == [("first", stream_name), ("second", other)]
+        await client.delete(stream_name, other)
