@@ -69,3 +69,24 @@ for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], group)) do
 end
 return removed
 """
+
+# KEYS[1] lease key; ARGV token, ttl_ms
+# Takes the lease when it is free, or extends it when this token holds it.
+# Returns 1 when the caller holds the lease afterwards, else 0.
+LEASE = """
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[2]))
+  return 1
+end
+return 0
+"""
+
+# KEYS[1] lease key; ARGV token
+# Gives the lease up, only if this token still holds it.
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""

@@ -228,6 +228,8 @@ class Settings(BaseSettings):
         sync_threads: threads available to synchronous handlers, per process.
         unhandled: what to do with events no handler matches.
         name_prefix: prefix of consumer names; the host name if unset.
+        name_lease_s: lifetime of the lease a worker holds on its consumer
+            names; a second worker with the same names takes ``{base}.1``.
         subscriptions: the (stream, group) pairs to consume.
         redis: see `RedisSettings`.
         reaper: see `ReaperSettings`.
@@ -253,6 +255,7 @@ class Settings(BaseSettings):
     sync_threads: int = Field(default=40, ge=1)
     unhandled: Literal["ack", "dead_letter"] = "ack"
     name_prefix: str | None = Field(default=None, min_length=1)
+    name_lease_s: float = Field(default=30.0, gt=0)
     subscriptions: list[SubscriptionSettings] = Field(
         default_factory=lambda: [SubscriptionSettings(stream="agent_output")],
         min_length=1,

@@ -25,6 +25,7 @@ from agentstream.metrics import (
     collect_group_stats,
     start_server,
 )
+from agentstream.names import NameLease, NamesExhausted
 from agentstream.pool import RedisConnectionPool, pool_from_settings
 from agentstream.reaper import Reaper, SweepResult
 from agentstream.systemd import SystemdNotifier
@@ -116,6 +117,7 @@ class Supervisor:
         self._parent_pid = parent_pid
         self._stopping = anyio.Event()
         self._forced = False
+        self._exit_status = 0
         self._force = anyio.Event()
         self._running = 0
         self._all_done = anyio.Event()
@@ -129,6 +131,12 @@ class Supervisor:
         self._loop_since: dict[str, float | None] = {}
         prefix = settings.name_prefix or socket.gethostname()
         self._name_base = f"{prefix}-{process_index}"
+
+    def _name_lost(self) -> None:
+        # Another worker now uses our consumer names: stop, and exit non-zero so
+        # that the service manager starts us again under a free name.
+        self._exit_status = 1
+        self.stop()
 
     def consumer_name(self, index: int | str) -> str:
         """The stable name of this process's consumer ``index``."""
@@ -179,6 +187,12 @@ class Supervisor:
                 if transports is None:  # stopped while waiting for Redis
                     tg.cancel_scope.cancel()
                     return 0
+                lease = NameLease(transports, self._name_base, settings.name_lease_s)
+                try:
+                    self._name_base = await lease.acquire()
+                except NamesExhausted as exc:
+                    raise StartupError(str(exc)) from None
+                tg.start_soon(lease.keep, self._name_lost)
                 self._start_loops(tg, transports)
                 if self.settings.metrics.enabled:
                     tg.start_soon(self._report, transports)
@@ -204,8 +218,10 @@ class Supervisor:
                 tg.cancel_scope.cancel()
             if not self._forced:
                 await self._remove_own_consumers()
+                with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                    await lease.release()
             log.info("worker_stopped", forced=self._forced)
-            return 0
+            return self._exit_status
         finally:
             with anyio.CancelScope(shield=True):
                 if server is not None:

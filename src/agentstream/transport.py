@@ -154,6 +154,8 @@ class RedisStreamTransport:
         self._max_block_ms = None if timeout is None else max(int(timeout * 500), 1)
         self._claim = self._raw.register_script(_scripts.CLAIM)
         self._transfer = self._raw.register_script(_scripts.TRANSFER)
+        self._lease = self._raw.register_script(_scripts.LEASE)
+        self._release = self._raw.register_script(_scripts.RELEASE)
         self._delete_idle = self._raw.register_script(_scripts.DELETE_IDLE_CONSUMERS)
 
     @property
@@ -652,6 +654,27 @@ class RedisStreamTransport:
             if _decode_id(row["name"]) == self._group:
                 return dict(row)
         return None
+
+    # -- consumer-name leases --------------------------------------------------
+
+    def lease_key(self, name: str) -> str:
+        """The key of the lease on a consumer-name base in this group."""
+        return f"{self._stream}:owner:{self._group}:{name}"
+
+    async def aacquire_lease(self, name: str, token: str, ttl_ms: int) -> bool:
+        """Take or extend the lease on ``name``; False when another holds it."""
+        held = await self._acall(
+            "lease",
+            lambda: self._lease(keys=[self.lease_key(name)], args=[token, ttl_ms]),
+        )
+        return bool(held)
+
+    async def arelease_lease(self, name: str, token: str) -> None:
+        """Give the lease on ``name`` up, if ``token`` still holds it."""
+        await self._acall(
+            "lease",
+            lambda: self._release(keys=[self.lease_key(name)], args=[token]),
+        )
 
     async def aping(self) -> None:
         """Check that Redis answers; raise a ``TransportError`` if not."""
