@@ -157,8 +157,9 @@ def pool_from_settings(
     kwargs: dict[str, Any] = {
         "socket_timeout": socket_timeout_s,
         "socket_connect_timeout": settings.socket_connect_timeout_s,
-        "socket_keepalive": True,
     }
+    if not settings.url.startswith("unix://"):  # Unix sockets take no keepalive
+        kwargs["socket_keepalive"] = True
     if settings.username is not None:
         kwargs["username"] = settings.username
     password = settings.resolved_password()

@@ -71,7 +71,9 @@ def test_parent_serves_the_sum_and_survives_a_child_kill(
     recorder = Recorder(client, stream_name)
     try:
         wait_for(lambda: scrape(port, "/readyz")[0] == 200, 20, message=worker.tail())
-        xadd_events(client, stream_name, "ok", [{"n": i} for i in range(2000)])
+        xadd_events(
+            client, stream_name, "slow", [{"n": i, "s": 0.002} for i in range(2000)]
+        )
         wait_for(lambda: recorder.handled_count() == 2000, 20, message=worker.tail())
         wait_for(
             lambda: ok_events(scrape(port)[1], stream_name) == 2000,

@@ -1,0 +1,138 @@
+"""What the admin commands share: errors, output, formatting, the connection."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Collection, Sequence
+from typing import Any
+
+from agentstream.config import Settings
+from agentstream.errors import AgentStreamError
+from agentstream.pool import RedisConnectionPool, pool_from_settings
+from agentstream.transport import RawFields, RedisStreamTransport
+
+# Short: an operator command should fail fast, and tail blocks for 1 s at most.
+SOCKET_TIMEOUT_S = 10.0
+
+
+class UsageError(AgentStreamError):
+    """The arguments parsed but make no sense (bad JSON, missing --yes); exit 2."""
+
+
+class CommandFailed(AgentStreamError):
+    """The command could not do what was asked (unknown id, ...); exit 1."""
+
+
+class Context:
+    """The loaded settings and a connection pool opened on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._pool: RedisConnectionPool | None = None
+
+    def transport(self, stream: str, group: str = "agents") -> RedisStreamTransport:
+        """A transport on ``stream`` that creates nothing in Redis."""
+        if self._pool is None:
+            # A bytes pool: entries that are not UTF-8 are shown, not fatal.
+            self._pool = pool_from_settings(
+                self.settings.redis,
+                socket_timeout_s=SOCKET_TIMEOUT_S,
+                max_connections=4,
+            )
+        return RedisStreamTransport.attach(
+            stream, consumer_group=group, pool=self._pool
+        )
+
+    async def aclose(self) -> None:
+        """Close the pool, if one was opened."""
+        if self._pool is not None:
+            await self._pool.aclose()
+            self._pool = None
+
+
+def out(line: str = "") -> None:
+    """Write one line to stdout."""
+    sys.stdout.write(line + "\n")
+
+
+def err(line: str) -> None:
+    """Write one line to stderr."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def text(value: bytes | str | None, default: str = "") -> str:
+    """Decode for display; bytes that are not UTF-8 are replaced, not fatal."""
+    if value is None:
+        return default
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+def field(fields: RawFields, name: str, default: str = "") -> str:
+    """One field of a raw entry, decoded for display."""
+    return text(fields.get(name.encode()), default)
+
+
+def one_line(value: str) -> str:
+    """Keep a value on one line: one with line breaks is shown JSON-escaped."""
+    if "\n" in value or "\r" in value:
+        return json.dumps(value, ensure_ascii=False)
+    return value
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 dead letter``, ``2 dead letters``."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def duration(ms: int) -> str:
+    """A short human duration: ``250ms``, ``3.2s``, ``4m05s``, ``2h10m``, ``3d04h``."""
+    if ms < 1000:
+        return f"{ms}ms"
+    if ms < 60_000:
+        return f"{ms / 1000:.1f}s"
+    s = ms // 1000
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def table(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], right: Collection[int] = ()
+) -> list[str]:
+    """Align ``rows`` under ``headers``; columns in ``right`` are right-aligned."""
+    widths = [
+        max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(headers)
+    ]
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [
+            cell.rjust(width) if i in right else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "  ".join(parts).rstrip()
+
+    return [line(headers), *(line(row) for row in rows)]
+
+
+def reject_constant(name: str) -> Any:
+    """``json.loads(parse_constant=...)``: NaN and infinities are not JSON."""
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def json_object(source: str, what: str) -> dict[str, Any]:
+    """Parse a JSON object given on the command line.
+
+    Raises:
+        UsageError: it is not valid JSON, or not an object.
+    """
+    try:
+        value = json.loads(source, parse_constant=reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise UsageError(f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{what} must be a JSON object, not {type(value).__name__}")
+    return value
