@@ -237,9 +237,8 @@ class Consumer:
             return
         assert isinstance(event, Event)
         handler = self._app.resolve(self._stream, event.type)
-        type_tally = tally.of(event.type)
         if handler is None:
-            type_tally.counts[UNHANDLED] += 1
+            tally.count(event.type, UNHANDLED)
             if self._unhandled_dead:
                 await self.dead_letter(
                     entry_id, entry_fields, "unhandled", "no handler", count
@@ -260,6 +259,7 @@ class Consumer:
                 )
         except DeadLetter as exc:
             self._handler_started = 0.0
+            type_tally = self.tally.of(event.type)
             type_tally.observe(_monotonic() - started, age_s)
             type_tally.counts[DEAD_LETTER] += 1
             await self.dead_letter(
@@ -267,15 +267,20 @@ class Consumer:
             )
         except Retry:
             self._handler_started = 0.0
+            type_tally = self.tally.of(event.type)
             type_tally.observe(_monotonic() - started, age_s)
             type_tally.counts[RETRY] += 1
             await self._park(entry_id)
         except Exception as exc:  # noqa: BLE001 - a handler failure stops here
             self._handler_started = 0.0
+            type_tally = self.tally.of(event.type)
             type_tally.observe(_monotonic() - started, age_s)
             await self._failed(entry_id, exc, "failed", event)
         else:
+            # Looked up after the handler: the reporter may have taken the
+            # tally meanwhile, and counts added to the old one would be lost.
             self._handler_started = 0.0
+            type_tally = self.tally.of(event.type)
             type_tally.observe(_monotonic() - started, age_s)
             type_tally.counts[OK] += 1
             self._ack(raw_id)

@@ -24,6 +24,7 @@ from agentstream.metrics import (
     start_server,
 )
 from agentstream.supervisor import StartupError, jittered
+from agentstream.systemd import SystemdNotifier
 
 __all__ = ["run_processes"]
 
@@ -32,6 +33,8 @@ log = structlog.get_logger("agentstream.processes")
 # Children exiting with these will fail the same way again: stop them all.
 _FATAL = {3, 78}
 _MAX_BACKOFF_S = 30.0
+# The parent alone talks to systemd; children must not try (NotifyAccess=main).
+_SYSTEMD_ENV = {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"}
 
 
 class _Parent:
@@ -44,6 +47,8 @@ class _Parent:
         self.all_exited = anyio.Event()
         self._alive = 0
         self.heartbeat = Heartbeat()
+        self.systemd = SystemdNotifier()
+        self.all_started = anyio.Event()
         self.metrics_dir: str | None = None
 
     def command(self, index: int) -> list[str]:
@@ -84,6 +89,22 @@ class _Parent:
             await server.aclose()
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
 
+    async def notify_systemd(self) -> None:
+        # The parent is the service's main process: it speaks for its children.
+        await self.all_started.wait()
+        self.systemd.notify("READY=1", f"STATUS={self.status_line()}")
+        interval_s = (self.systemd.watchdog_s or 60.0) / 2
+        while not self.stopping.is_set():
+            lines = [f"STATUS={self.status_line()}"]
+            if self.systemd.watchdog_s and self.liveness()[0]:
+                lines.append("WATCHDOG=1")
+            self.systemd.notify(*lines)
+            with anyio.move_on_after(interval_s):
+                await self.stopping.wait()
+
+    def status_line(self) -> str:
+        return f"{len(self.children)} of {self.settings.processes} processes running"
+
     def liveness(self) -> tuple[bool, str]:
         return self.heartbeat.check()
 
@@ -101,7 +122,10 @@ class _Parent:
             tg.start_soon(self.watch_signals)
             for index in range(self.settings.processes):
                 tg.start_soon(self.keep_alive, index)
+            if self.systemd.enabled:
+                tg.start_soon(self.notify_systemd)
             await self.stopping.wait()
+            self.systemd.notify("STOPPING=1", "STATUS=stopping worker processes")
             with anyio.move_on_after(self.settings.shutdown_timeout_s + 5) as scope:
                 await self.all_exited.wait()
             if scope.cancelled_caught:
@@ -124,7 +148,7 @@ class _Parent:
             started = time.monotonic()
             # A session of its own: a Ctrl-C on the terminal reaches only the
             # parent, which forwards one SIGTERM (two would force a stop).
-            env = dict(os.environ)
+            env = {k: v for k, v in os.environ.items() if k not in _SYSTEMD_ENV}
             if self.metrics_dir is not None:
                 env[MULTIPROC_ENV] = self.metrics_dir
             process = await anyio.open_process(
@@ -136,6 +160,8 @@ class _Parent:
                 env=env,
             )
             self.children[index] = process
+            if len(self.children) == self.settings.processes:
+                self.all_started.set()
             log.info("process_started", process=index, pid=process.pid)
             try:
                 status = await process.wait()

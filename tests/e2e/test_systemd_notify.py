@@ -66,3 +66,41 @@ def test_ready_watchdog_and_stopping(
     finally:
         worker.close()
     assert messages.index("READY=1") < messages.index("STOPPING=1")
+
+
+def test_multi_process_parent_speaks_for_its_children(
+    tmp_path: Path,
+    redis_url: str,
+    stream_name: str,
+    notify_socket: tuple[socket.socket, Path],
+) -> None:
+    """With processes=2 the parent sends READY, WATCHDOG and STOPPING itself."""
+    sock, path = notify_socket
+    write_app(tmp_path)
+    config = write_config(
+        tmp_path, base_config(redis_url, stream_name, {"processes": 2})
+    )
+    env = worker_env(
+        redis_url,
+        stream_name,
+        {"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "1000000"},
+    )
+    worker = WorkerProcess(["--config", str(config)], cwd=tmp_path, env=env)
+    messages: list[str] = []
+
+    def received(line: str) -> bool:
+        try:
+            messages.extend(sock.recv(4096).decode().splitlines())
+        except TimeoutError:
+            pass
+        return line in messages
+
+    try:
+        wait_for(lambda: received("READY=1"), timeout=15, message=worker.tail())
+        wait_for(lambda: received("WATCHDOG=1"), timeout=5, message=worker.tail())
+        worker.send_signal(signal.SIGTERM)
+        wait_for(lambda: received("STOPPING=1"), timeout=10, message=worker.tail())
+        assert worker.wait(timeout=20) == 0
+    finally:
+        worker.close()
+    assert messages.count("READY=1") == 1, "only the parent may report READY"
