@@ -90,3 +90,16 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+# KEYS[1] source stream, KEYS[2] target stream; ARGV entry id, field, value, ...
+# Moves one entry: deletes it from the source and, only if it was still there,
+# adds its fields to the target. Two operators replaying the same entry at once
+# thus add it once. Returns the new id, or false when the entry was gone.
+MOVE = """
+if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then
+  return false
+end
+local fields = {}
+for i = 2, #ARGV do fields[#fields + 1] = ARGV[i] end
+return redis.call('XADD', KEYS[2], '*', unpack(fields))
+"""

@@ -156,6 +156,7 @@ class RedisStreamTransport:
         self._transfer = self._raw.register_script(_scripts.TRANSFER)
         self._lease = self._raw.register_script(_scripts.LEASE)
         self._release = self._raw.register_script(_scripts.RELEASE)
+        self._move = self._raw.register_script(_scripts.MOVE)
         self._delete_idle = self._raw.register_script(_scripts.DELETE_IDLE_CONSUMERS)
 
     @property
@@ -945,30 +946,33 @@ class RedisStreamTransport:
 
     async def amove_entries(
         self, source: str, moves: Sequence[tuple[str, str, RawFields]]
-    ) -> list[str]:
-        """Move entries between streams in one MULTI/EXEC transaction.
+    ) -> list[str | None]:
+        """Move entries between streams, each atomically (a Lua script).
 
         Args:
             source: the stream the entries leave (XDEL).
-            moves: ``(entry_id, target_stream, fields)``: ``fields`` are added to
-                ``target_stream`` (XADD, no trimming) and ``entry_id`` deleted
-                from ``source``.
+            moves: ``(entry_id, target_stream, fields)``: ``entry_id`` is deleted
+                from ``source`` and, only if it was still there, ``fields`` are
+                added to ``target_stream`` (XADD, no trimming).
 
         Returns:
-            The new ids, in the order of ``moves``.
+            The new ids, in the order of ``moves``; None where the entry was
+            already gone (another operator moved or deleted it first).
         """
         if not moves:
             return []
 
         async def run() -> list[Any]:
-            async with self._raw.pipeline(transaction=True) as pipe:
+            async with self._raw.pipeline(transaction=False) as pipe:
                 for entry_id, target, fields in moves:
-                    pipe.xadd(target, dict[Any, Any](fields))
-                    pipe.xdel(source, entry_id)
+                    args: list[Any] = [entry_id]
+                    for name, value in fields.items():
+                        args.extend((name, value))
+                    await self._move(keys=[source, target], args=args, client=pipe)
                 return await pipe.execute()
 
         results = await self._acall("xadd/xdel", run)
-        return [_decode_id(new_id) for new_id in results[::2]]
+        return [None if new_id is None else _decode_id(new_id) for new_id in results]
 
     async def asubscribe_raw(
         self, last_id: str = "$", block_ms: int = 1000

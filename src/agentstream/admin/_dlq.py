@@ -195,8 +195,11 @@ async def run_replay(args: argparse.Namespace, ctx: Context) -> int:
         chunk = moves[i : i + _CHUNK]
         new_ids = await transport.amove_entries(key, chunk)
         for (entry_id, target, _), new_id in zip(chunk, new_ids, strict=True):
+            if new_id is None:
+                problems.append(f"{entry_id}: already replayed or deleted")
+                continue
             out(f"{entry_id} -> {target} {new_id}")
-        replayed += len(chunk)
+            replayed += 1
     out(f"replayed {plural(replayed, 'dead letter')} from {key}")
     for problem in problems:
         err(f"agentstream: not replayed: {problem}")
