@@ -10,6 +10,7 @@ from typing import Any
 
 import anyio
 import structlog
+from anyio.streams.memory import MemoryObjectSendStream
 
 from agentstream.app import App
 from agentstream.config import Settings, SubscriptionSettings
@@ -41,6 +42,10 @@ log = structlog.get_logger("agentstream.consumer")
 _ERROR_MAX = 2000
 _monotonic = time.monotonic
 _time = time.time
+
+
+#: A batch read ahead, and the event its handling sets when done.
+_Batch = tuple[list[tuple[bytes, RawFields]], anyio.Event]
 
 
 def describe_error(exc: BaseException) -> str:
@@ -88,6 +93,9 @@ class Consumer:
         self._acks: list[bytes | str] = []
         self._first_ack_at = 0.0
         self._held: Sequence[Any] = ()
+        self._waiting: Sequence[Any] = ()
+        self._fast = False
+        self._reading = False
         self._pos = 0
         self._handler_started = 0.0
         self._current_type = UNKNOWN_TYPE
@@ -144,25 +152,63 @@ class Consumer:
             after = entries[-1].id
 
     async def _consume(self) -> None:
+        # While batches are handled quickly, the next one is read while this one
+        # is handled, so the round trip (which also carries the previous batch's
+        # acks) overlaps the handling.
+        send, receive = anyio.create_memory_object_stream[_Batch]()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._read_ahead, send)
+            async with receive:
+                async for batch, done in receive:
+                    self._waiting = ()
+                    started = _monotonic()
+                    await self.process(batch)
+                    self._fast = _monotonic() - started < self._ack_interval_s
+                    done.set()
+                    if self._acks and self._reading:
+                        # The reader is blocked waiting for new entries: do
+                        # not let these acks wait for it.
+                        await self.flush_acks()
+
+    async def _read_ahead(self, send: MemoryObjectSendStream[_Batch]) -> None:
         transport = self.transport
         count = self._settings.batch_size
         block_ms = self._settings.block_ms
-        while not self._stopping:
-            self.last_tick = _monotonic()
-            batch: list[tuple[bytes, RawFields]] = []
-            with anyio.CancelScope() as scope:
-                self._read_scope = scope
-                if self._stopping:
-                    break
-                acks = self._acks
-                batch = await transport.aread_batch(self.name, count, block_ms, acks)
-                if acks:
-                    self._acks = []
-            self._read_scope = None
-            if self._on_read is not None:
-                self._on_read()
-            if batch:
-                await self.process(batch)
+        done = anyio.Event()
+        done.set()
+        async with send:
+            while not self._stopping:
+                if not self._fast:
+                    # Slow handlers: a batch read ahead would wait behind the
+                    # one in hand while other consumers idle. Read when done.
+                    await done.wait()
+                self.last_tick = _monotonic()
+                batch: list[tuple[bytes, RawFields]] = []
+                acks, self._acks = self._acks, []
+                with anyio.CancelScope() as scope:
+                    self._read_scope = scope
+                    if self._stopping:
+                        self._acks[:0] = acks
+                        break
+                    self._reading = True
+                    try:
+                        batch = await transport.aread_batch(
+                            self.name, count, block_ms, acks
+                        )
+                    except BaseException:
+                        self._acks[:0] = acks  # unknown whether they went out
+                        raise
+                    finally:
+                        self._reading = False
+                if scope.cancelled_caught:
+                    self._acks[:0] = acks
+                self._read_scope = None
+                if self._on_read is not None:
+                    self._on_read()
+                if batch:
+                    self._waiting = batch
+                    done = anyio.Event()
+                    await send.send((batch, done))
 
     # -- handling ----------------------------------------------------------------
 
@@ -358,8 +404,9 @@ class Consumer:
     # -- leases and timeouts -----------------------------------------------------
 
     def held_ids(self) -> list[str]:
-        """Ids this consumer holds: the rest of its batch and unsent acks."""
+        """Ids this consumer holds: its batches in hand and unsent acks."""
         held = [_text(e[0]) for e in self._held[self._pos :]]
+        held.extend(_text(e[0]) for e in self._waiting)
         held.extend(_text(i) for i in self._acks)
         return held
 
@@ -372,7 +419,8 @@ class Consumer:
             if started and now - started > self._timeout_s and self._scope:
                 self._timed_out = self._pos
                 self._scope.cancel()
-            if self._held and now - self._last_renew >= self._lease_interval_s:
+            holding = self._held or self._waiting
+            if holding and now - self._last_renew >= self._lease_interval_s:
                 self._last_renew = now
                 await self._renew()
 
