@@ -11,7 +11,7 @@ from collections.abc import (
     Iterator,
     Sequence,
 )
-from contextlib import contextmanager
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -795,38 +795,13 @@ class RedisStreamTransport:
         started at ``$``, after the stream's last id when it started), so nothing
         published during an outage is skipped.
         """
-        if last_id == "$":
-            last_id = await self._last_generated_id()
-        backoff = 0.1
-        while True:
-            try:
-                with self._errors("xread"):
-                    rows: Any = await self._async.xread(
-                        {self._stream: last_id}, count=100, block=self._block(block_ms)
-                    )
-            except errors.ConnectionError:
-                await anyio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            backoff = 0.1
-            for entry_id, fields in rows[0][1] if rows else ():
-                last_id = entry_id
-                yield parse_lenient(entry_id, fields)
-
-    async def _last_generated_id(self) -> str:
-        backoff = 0.1
-        while True:
-            try:
-                with self._errors("xinfo"):
-                    raw = await self._async.xinfo_stream(self._stream)
-                return str(raw["last-generated-id"])
-            except errors.ConnectionError:
-                await anyio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-            except errors.TransportError as exc:
-                if "no such key" not in str(exc):
-                    raise
-                return "0-0"
+        async with aclosing(self.asubscribe_raw(last_id, block_ms)) as entries:
+            async for entry_id, fields in entries:
+                text = {
+                    k.decode(errors="replace"): v.decode(errors="replace")
+                    for k, v in fields.items()
+                }
+                yield parse_lenient(entry_id, text)
 
     # -- close -------------------------------------------------------------------
 

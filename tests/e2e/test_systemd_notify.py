@@ -31,6 +31,49 @@ def _notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, Path]]:
     sock.close()
 
 
+class NotifyRun:
+    """A worker process started with a notify socket, and what it sent there."""
+
+    def __init__(
+        self,
+        tmp_path: Path,
+        redis_url: str,
+        stream: str,
+        sock: socket.socket,
+        path: Path,
+        overrides: dict[str, object] | None = None,
+    ) -> None:
+        write_app(tmp_path)
+        config = write_config(tmp_path, base_config(redis_url, stream, overrides))
+        env = worker_env(
+            redis_url, stream, {"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "1000000"}
+        )
+        self.sock = sock
+        self.messages: list[str] = []
+        self.worker = WorkerProcess(["--config", str(config)], cwd=tmp_path, env=env)
+
+    def received(self, line: str) -> bool:
+        try:
+            self.messages.extend(self.sock.recv(4096).decode().splitlines())
+        except TimeoutError:
+            pass
+        return line in self.messages
+
+    def wait_for(self, line: str, timeout: float) -> None:
+        wait_for(lambda: self.received(line), timeout, message=self.worker.tail())
+
+    def ready_watchdog_stopping(self) -> None:
+        """Wait for READY and WATCHDOG, send SIGTERM, wait for STOPPING and exit 0."""
+        try:
+            self.wait_for("READY=1", 15)
+            self.wait_for("WATCHDOG=1", 5)
+            self.worker.send_signal(signal.SIGTERM)
+            self.wait_for("STOPPING=1", 10)
+            assert self.worker.wait(timeout=20) == 0
+        finally:
+            self.worker.close()
+
+
 def test_ready_watchdog_and_stopping(
     tmp_path: Path,
     redis_url: str,
@@ -38,34 +81,10 @@ def test_ready_watchdog_and_stopping(
     notify_socket: tuple[socket.socket, Path],
 ) -> None:
     """The worker sends READY=1, then WATCHDOG=1 while healthy, then STOPPING=1."""
-    sock, path = notify_socket
-    write_app(tmp_path)
-    config = write_config(tmp_path, base_config(redis_url, stream_name))
-    env = worker_env(
-        redis_url,
-        stream_name,
-        {"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "1000000"},
-    )
-    worker = WorkerProcess(["--config", str(config)], cwd=tmp_path, env=env)
-    messages: list[str] = []
-
-    def received(line: str) -> bool:
-        try:
-            messages.extend(sock.recv(4096).decode().splitlines())
-        except TimeoutError:
-            pass
-        return line in messages
-
-    try:
-        wait_for(lambda: received("READY=1"), timeout=15, message=worker.tail())
-        wait_for(lambda: received("WATCHDOG=1"), timeout=5, message=worker.tail())
-        assert any(m.startswith("STATUS=") for m in messages)
-        worker.send_signal(signal.SIGTERM)
-        wait_for(lambda: received("STOPPING=1"), timeout=10, message=worker.tail())
-        assert worker.wait(timeout=15) == 0
-    finally:
-        worker.close()
-    assert messages.index("READY=1") < messages.index("STOPPING=1")
+    run = NotifyRun(tmp_path, redis_url, stream_name, *notify_socket)
+    run.ready_watchdog_stopping()
+    assert any(m.startswith("STATUS=") for m in run.messages)
+    assert run.messages.index("READY=1") < run.messages.index("STOPPING=1")
 
 
 def test_multi_process_parent_speaks_for_its_children(
@@ -75,32 +94,8 @@ def test_multi_process_parent_speaks_for_its_children(
     notify_socket: tuple[socket.socket, Path],
 ) -> None:
     """With processes=2 the parent sends READY, WATCHDOG and STOPPING itself."""
-    sock, path = notify_socket
-    write_app(tmp_path)
-    config = write_config(
-        tmp_path, base_config(redis_url, stream_name, {"processes": 2})
+    run = NotifyRun(
+        tmp_path, redis_url, stream_name, *notify_socket, overrides={"processes": 2}
     )
-    env = worker_env(
-        redis_url,
-        stream_name,
-        {"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "1000000"},
-    )
-    worker = WorkerProcess(["--config", str(config)], cwd=tmp_path, env=env)
-    messages: list[str] = []
-
-    def received(line: str) -> bool:
-        try:
-            messages.extend(sock.recv(4096).decode().splitlines())
-        except TimeoutError:
-            pass
-        return line in messages
-
-    try:
-        wait_for(lambda: received("READY=1"), timeout=15, message=worker.tail())
-        wait_for(lambda: received("WATCHDOG=1"), timeout=5, message=worker.tail())
-        worker.send_signal(signal.SIGTERM)
-        wait_for(lambda: received("STOPPING=1"), timeout=10, message=worker.tail())
-        assert worker.wait(timeout=20) == 0
-    finally:
-        worker.close()
-    assert messages.count("READY=1") == 1, "only the parent may report READY"
+    run.ready_watchdog_stopping()
+    assert run.messages.count("READY=1") == 1, "only the parent may report READY"
