@@ -1,0 +1,263 @@
+"""Transport operations of the worker: hot-path reads, claims, leases."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import (
+    Sequence,
+)
+from typing import Any
+
+from agentstream import errors
+from agentstream._transport_core import (
+    ClaimResult,
+    RawEntry,
+    RawFields,
+    TransportCore,
+    decode_id,
+    pairs_to_fields,
+)
+
+__all__ = ["WorkerOps"]
+
+
+class WorkerOps(TransportCore):
+    """The worker's extensions of ``RedisStreamTransport`` (async only)."""
+
+    # -- worker reads (undecoded bytes, for the strict decoder) -----------------
+
+    async def aread_batch(
+        self,
+        consumer: str,
+        count: int,
+        block_ms: int | None,
+        ack_ids: Sequence[bytes | str] = (),
+    ) -> list[tuple[bytes, RawFields]]:
+        """Read new entries for ``consumer`` as undecoded ``(id, fields)`` pairs.
+
+        This is the worker's hot path: one XREADGROUP, no per-entry decoding, and
+        ``ack_ids`` acknowledged in the same round trip (pipelined before the
+        read). The block is capped below the socket timeout; an empty list means
+        no entry arrived in time.
+        """
+        block = self._block(block_ms)
+        streams: dict[Any, Any] = {self._stream: ">"}
+
+        async def read() -> Any:
+            if not ack_ids:
+                return await self._raw.xreadgroup(
+                    self._group, consumer, streams, count=count, block=block
+                )
+            async with self._raw.pipeline(transaction=False) as pipe:
+                pipe.xack(self._stream, self._group, *ack_ids)
+                pipe.xreadgroup(
+                    self._group, consumer, streams, count=count, block=block
+                )
+                return (await pipe.execute())[1]
+
+        rows: Any = await self._acall("xreadgroup", read, recreate=True)
+        return rows[0][1] if rows else []
+
+    async def aread_own_pending(
+        self, consumer: str, count: int, after_id: str = "0"
+    ) -> list[RawEntry]:
+        """Re-read entries pending on ``consumer`` after ``after_id``.
+
+        Entries whose data is gone come back with ``fields=None``. The delivery
+        count is the one after this read (re-reading counts as a delivery).
+        """
+
+        async def run() -> list[Any]:
+            async with self._raw.pipeline(transaction=True) as pipe:
+                pipe.xreadgroup(
+                    self._group, consumer, {self._stream: after_id}, count=count
+                )
+                pipe.xpending_range(
+                    self._stream, self._group, "-", "+", count * 2, consumer
+                )
+                return await pipe.execute()
+
+        rows, pending = await self._acall("xreadgroup", run, recreate=True)
+        if not rows or not rows[0][1]:
+            return []
+        counts = {p["message_id"]: p["times_delivered"] for p in pending}
+        # A real entry has at least one field; a pending id whose data is gone
+        # comes back with none (and its delivery count is not raised).
+        return [
+            RawEntry(decode_id(i), f or None, int(counts.get(i, 1)))
+            for i, f in rows[0][1]
+        ]
+
+    async def aclaim_entries(
+        self, consumer: str, min_idle_ms: int, ids: Sequence[str]
+    ) -> ClaimResult:
+        """Atomically claim ids idle for ``min_idle_ms`` with their delivery counts.
+
+        Ids whose data left the stream are acknowledged and returned as ``lost``;
+        ids that another consumer claimed or acknowledged meanwhile are skipped.
+        """
+        if not ids:
+            return ClaimResult([], [])
+        args = [self._group, consumer, min_idle_ms, *ids]
+        claimed, lost = await self._acall(
+            "xclaim",
+            lambda: self._claim(keys=[self._stream], args=args),  # type: ignore[arg-type]
+            recreate=True,
+        )
+        entries = [
+            RawEntry(decode_id(i), pairs_to_fields(f), int(n)) for i, f, n in claimed
+        ]
+        return ClaimResult(entries, [decode_id(i) for i in lost])
+
+    async def arenew(self, consumer: str, ids: Sequence[str]) -> list[str]:
+        """Reset the idle time of ids ``consumer`` still owns (its lease).
+
+        Uses XCLAIM ... JUSTID, which leaves the delivery count alone. Returns the
+        ids renewed; an id missing from the result was taken over by another
+        consumer.
+        """
+        return await self.atransfer(consumer, consumer, ids)
+
+    async def atransfer(
+        self, owner: str, new_owner: str, ids: Sequence[str]
+    ) -> list[str]:
+        """Hand the ids ``owner`` still owns to ``new_owner`` (JUSTID, atomic).
+
+        The delivery count stays; the idle time restarts. Returns the ids moved.
+        """
+        if not ids:
+            return []
+        args = [self._group, owner, new_owner, *ids]
+        moved = await self._acall(
+            "xclaim",
+            lambda: self._transfer(keys=[self._stream], args=args),
+            recreate=True,
+        )
+        return [decode_id(i) for i in moved]
+
+    async def adead_letter(
+        self,
+        entry_id: str,
+        fields: RawFields | None,
+        dead_letter_stream: str,
+        details: dict[str, str],
+        max_len: int,
+    ) -> str:
+        """Move one entry to a dead-letter stream and acknowledge it, atomically.
+
+        The dead-letter entry keeps the original fields (when the data still
+        exists) and adds ``details`` (each key prefixed with ``dlq_``), plus the
+        original stream, id and group.
+        """
+        dead: dict[Any, Any] = dict(fields or {})
+        dead.update(
+            {
+                "dlq_stream": self._stream,
+                "dlq_id": entry_id,
+                "dlq_group": self._group,
+                "dlq_at": str(time.time()),
+            }
+        )
+        dead.update({f"dlq_{k}": v for k, v in details.items()})
+
+        async def run() -> list[Any]:
+            async with self._raw.pipeline(transaction=True) as pipe:
+                pipe.xadd(dead_letter_stream, dead, maxlen=max_len, approximate=True)
+                pipe.xack(self._stream, self._group, entry_id)
+                return await pipe.execute()
+
+        new_id, _ = await self._acall("dead letter", run)
+        return decode_id(new_id)
+
+    # -- failures remembered between deliveries ------------------------------
+
+    def _error_key(self, entry_id: str) -> str:
+        return f"{self._stream}:lasterror:{self._group}:{entry_id}"
+
+    async def aset_last_error(self, entry_id: str, error: str, ttl_s: float) -> None:
+        """Remember the last error of an entry for ``ttl_s`` seconds."""
+        key = self._error_key(entry_id)
+        ttl_ms = max(int(ttl_s * 1000), 1)
+        await self._acall("set", lambda: self._raw.set(key, error, px=ttl_ms))
+
+    async def aget_last_error(self, entry_id: str) -> str | None:
+        """Return the last error remembered for an entry, if any."""
+        key = self._error_key(entry_id)
+        value = await self._acall("get", lambda: self._raw.get(key))
+        return None if value is None else decode_id(value)
+
+    # -- consumers and groups ------------------------------------------------
+
+    async def adelete_idle_consumers(
+        self, min_idle_ms: int, names: Sequence[str] = (), *, only: bool = False
+    ) -> list[str]:
+        """Remove consumers with no pending entries idle for ``min_idle_ms``.
+
+        Args:
+            min_idle_ms: how long a consumer must have been idle.
+            names: consumers to consider (``only=True``) or to spare (``False``).
+            only: see ``names``.
+
+        Returns:
+            The names removed. A consumer that owns pending entries is never
+            removed, since removing it would drop those entries from the group.
+        """
+        args = [self._group, min_idle_ms, "only" if only else "except", *names]
+        removed = await self._acall(
+            "xgroup delconsumer",
+            lambda: self._delete_idle(keys=[self._stream], args=args),
+            recreate=True,
+        )
+        return [decode_id(n) for n in removed]
+
+    async def aconsumers(self) -> list[dict[str, Any]]:
+        """List the group's consumers: ``name``, ``pending`` and ``idle`` (ms)."""
+        rows = await self._acall(
+            "xinfo consumers",
+            lambda: self._async.xinfo_consumers(self._stream, self._group),
+            recreate=True,
+        )
+        return [
+            {"name": r["name"], "pending": int(r["pending"]), "idle": int(r["idle"])}
+            for r in rows
+        ]
+
+    async def agroup_info(self) -> dict[str, Any] | None:
+        """Return XINFO GROUPS for this group (``lag`` may be None), or None."""
+        try:
+            rows = await self._acall(
+                "xinfo groups", lambda: self._async.xinfo_groups(self._stream)
+            )
+        except errors.TransportError as exc:
+            if "no such key" in str(exc):
+                return None
+            raise
+        for row in rows:
+            if decode_id(row["name"]) == self._group:
+                return dict(row)
+        return None
+
+    # -- consumer-name leases --------------------------------------------------
+
+    def lease_key(self, name: str) -> str:
+        """The key of the lease on a consumer-name base in this group."""
+        return f"{self._stream}:owner:{self._group}:{name}"
+
+    async def aacquire_lease(self, name: str, token: str, ttl_ms: int) -> bool:
+        """Take or extend the lease on ``name``; False when another holds it."""
+        held = await self._acall(
+            "lease",
+            lambda: self._lease(keys=[self.lease_key(name)], args=[token, ttl_ms]),
+        )
+        return bool(held)
+
+    async def arelease_lease(self, name: str, token: str) -> None:
+        """Give the lease on ``name`` up, if ``token`` still holds it."""
+        await self._acall(
+            "lease",
+            lambda: self._release(keys=[self.lease_key(name)], args=[token]),
+        )
+
+    async def aping(self) -> None:
+        """Check that Redis answers; raise a ``TransportError`` if not."""
+        await self._acall("ping", self._async.ping)
