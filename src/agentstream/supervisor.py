@@ -17,18 +17,14 @@ from agentstream.app import App
 from agentstream.config import Settings, SubscriptionSettings
 from agentstream.consumer import Consumer, describe_error
 from agentstream.errors import AuthenticationError, PermissionDenied, TransportError
-from agentstream.health import Health, Heartbeat, check_loops
 from agentstream.metrics import (
     CollectorRegistry,
-    Metrics,
     MetricsServer,
-    collect_group_stats,
-    start_server,
 )
+from agentstream.monitor import Monitor
 from agentstream.names import NameLease, NamesExhausted
 from agentstream.pool import RedisConnectionPool, pool_from_settings
 from agentstream.reaper import Reaper, SweepResult
-from agentstream.systemd import SystemdNotifier
 from agentstream.transport import RedisStreamTransport
 
 __all__ = ["RedisState", "StartupError", "Supervisor"]
@@ -121,16 +117,33 @@ class Supervisor:
         self._force = anyio.Event()
         self._running = 0
         self._all_done = anyio.Event()
-        self.registry = CollectorRegistry() if registry is None else registry
-        self.metrics = Metrics(self.registry)
-        self.metrics_port: int | None = None
-        self._heartbeat = Heartbeat()
-        self._systemd = SystemdNotifier()
-        self._groups_error: str | None = "not checked yet"
+        self.monitor = Monitor(
+            self, CollectorRegistry() if registry is None else registry
+        )
         # When each restarted loop began again; None while it waits to restart.
-        self._loop_since: dict[str, float | None] = {}
+        self.loop_since: dict[str, float | None] = {}
         prefix = settings.name_prefix or socket.gethostname()
         self._name_base = f"{prefix}-{process_index}"
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """The registry the worker's metrics are on."""
+        return self.monitor.registry
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The port metrics are served on (None when not serving)."""
+        return self.monitor.port
+
+    @property
+    def stopping(self) -> bool:
+        """Whether a stop was asked for."""
+        return self._stopping.is_set()
+
+    @property
+    def parent_pid(self) -> int | None:
+        """The multi-process parent's pid, for a child; else None."""
+        return self._parent_pid
 
     def _name_lost(self) -> None:
         # Another worker now uses our consumer names: stop, and exit non-zero so
@@ -166,6 +179,7 @@ class Supervisor:
 
     async def _run(self) -> int:
         settings = self.settings
+        monitor = self.monitor
         pool = pool_from_settings(
             settings.redis,
             socket_timeout_s=settings.block_ms / 1000 + 10,
@@ -174,10 +188,10 @@ class Supervisor:
         )
         server: MetricsServer | None = None
         try:
-            server = await self._serve_metrics()
+            server = await monitor.serve()
             async with anyio.create_task_group() as tg:
-                if server is not None or self._systemd.watchdog_s:
-                    tg.start_soon(self._heartbeat.run)
+                if server is not None or monitor.systemd.watchdog_s:
+                    tg.start_soon(monitor.heartbeat.run)
                 if self._handle_signals:
                     tg.start_soon(self._watch_signals)
                 if self._parent_pid is not None:
@@ -195,11 +209,11 @@ class Supervisor:
                 tg.start_soon(lease.keep, self._name_lost)
                 self._start_loops(tg, transports)
                 if self.settings.metrics.enabled:
-                    tg.start_soon(self._report, transports)
+                    tg.start_soon(monitor.report, transports)
                 self.started.set()
-                self._systemd.notify("READY=1", f"STATUS={self._status()}")
-                if self._systemd.enabled:
-                    tg.start_soon(self._notify_systemd)
+                monitor.systemd.notify("READY=1", f"STATUS={monitor.status()}")
+                if monitor.systemd.enabled:
+                    tg.start_soon(monitor.notify_systemd)
                 log.info(
                     "worker_started",
                     process=self.process_index,
@@ -208,7 +222,7 @@ class Supervisor:
                 )
                 await self._stopping.wait()
                 log.info("worker_stopping", grace_s=settings.shutdown_timeout_s)
-                self._systemd.notify("STOPPING=1", "STATUS=draining in-flight events")
+                monitor.systemd.notify("STOPPING=1", "STATUS=draining in-flight events")
                 for consumer in self.consumers:
                     consumer.stop()
                 for reaper in self.reapers:
@@ -216,6 +230,8 @@ class Supervisor:
                 with anyio.move_on_after(settings.shutdown_timeout_s):
                     await self._all_done.wait()
                 tg.cancel_scope.cancel()
+            if self.settings.metrics.enabled:
+                monitor.record_counts()  # the last interval's counts
             if not self._forced:
                 await self._remove_own_consumers()
                 with anyio.CancelScope(shield=True), anyio.move_on_after(5):
@@ -293,10 +309,7 @@ class Supervisor:
 
     def _swept(self, reaper: Reaper, result: SweepResult) -> None:
         self.redis.answered()
-        transport = reaper.consumer.transport
-        self.metrics.record_sweep(
-            transport.stream_name, transport.consumer_group, result
-        )
+        self.monitor.record_sweep(reaper, result)
         self.sweeps.append(result)
         del self.sweeps[:-10]
 
@@ -326,113 +339,16 @@ class Supervisor:
                 if time.monotonic() - started > _HEALTHY_RUN_S:
                     delay = 0.1
                 self.restarts += 1
-                self._loop_since[name] = None
+                self.loop_since[name] = None
                 log.info("consumer_restarting", consumer=name, delay_s=round(delay, 2))
                 with anyio.move_on_after(jittered(delay)):
                     await self._stopping.wait()
-                self._loop_since[name] = time.monotonic()
+                self.loop_since[name] = time.monotonic()
                 delay = min(delay * 2, _MAX_BACKOFF_S)
         finally:
             self._running -= 1
             if self._running == 0:
                 self._all_done.set()
-
-    # -- metrics and health --------------------------------------------------
-
-    async def _serve_metrics(self) -> MetricsServer | None:
-        conf = self.settings.metrics
-        if not conf.enabled:
-            return None
-        if self._parent_pid is not None:
-            # A child of a multi-process parent: the parent serves the sum of
-            # every child's metrics (prometheus-client's multiprocess mode).
-            return None
-        health = Health(self._liveness, self._readiness)
-        serve = partial(start_server, self.registry, conf.host, conf.port, health.wrap)
-        try:
-            server = await anyio.to_thread.run_sync(serve)
-        except OSError as exc:
-            reason = exc.strerror or str(exc)
-            msg = f"cannot serve metrics on {conf.host}:{conf.port}: {reason}"
-            raise StartupError(msg) from None
-        self.metrics_port = server.port
-        log.info("metrics_serving", host=conf.host, port=server.port)
-        return server
-
-    async def _report(self, transports: list[RedisStreamTransport]) -> None:
-        subs = list(self.settings.subscriptions)
-        while True:
-            for c in self.consumers:
-                stream, group = c.transport.stream_name, c.transport.consumer_group
-                self.metrics.record_tally(stream, group, c.tally.take())
-            self.metrics.set_restarts(self.restarts)
-            self.metrics.record_redis(*self.redis.take())
-            self.metrics.set_in_flight(sum(len(c.held_ids()) for c in self.consumers))
-            error = None
-            for sub, transport in zip(subs, transports, strict=True):
-                try:
-                    stats = await collect_group_stats(transport, sub.dead_letter_key)
-                except TransportError as exc:
-                    error = describe_error(exc)
-                    continue
-                self.metrics.record_group_stats(sub.stream, sub.group, stats)
-            if error is not None and error != self._groups_error:
-                log.warning("group_stats_failed", error=error)
-            self._groups_error = error
-            await anyio.sleep(self.settings.reaper.interval_s)
-
-    def _status(self) -> str:
-        in_flight = sum(len(c.held_ids()) for c in self.consumers)
-        redis = "up" if self.redis.up else "unavailable"
-        return (
-            f"{len(self.consumers)} consumers on "
-            f"{len(self.settings.subscriptions)} streams, redis {redis}, "
-            f"{in_flight} in flight, {self.restarts} restarts"
-        )
-
-    async def _notify_systemd(self) -> None:
-        # WATCHDOG=1 only while live, so systemd restarts a wedged worker.
-        interval_s = (self._systemd.watchdog_s or 60.0) / 2
-        while not self._stopping.is_set():
-            live, reason = self._liveness()
-            lines = [f"STATUS={self._status()}"]
-            if self._systemd.watchdog_s and live:
-                lines.append("WATCHDOG=1")
-            elif not live:
-                log.warning("watchdog_withheld", reason=reason)
-            self._systemd.notify(*lines)
-            with anyio.move_on_after(interval_s):
-                await self._stopping.wait()
-
-    def _liveness(self) -> tuple[bool, str]:
-        # Runs in the metrics server's thread: reads state, never awaits.
-        live, reason = self._heartbeat.check()
-        if not live:
-            return live, reason
-        settings = self.settings
-        reapers = {r.consumer.name for r in self.reapers}
-        loops = []
-        for c in list(self.consumers):
-            since = self._loop_since.get(c.name, 0.0)
-            if since is None:  # waiting to restart after a failure: not stuck
-                continue
-            wait_s = (
-                settings.reaper.interval_s
-                if c.name in reapers
-                else settings.block_ms / 1000
-            )
-            deadline_s = wait_s + settings.handler_timeout_s + 5
-            loops.append((c.name, max(c.last_tick, since), deadline_s))
-        return check_loops(loops)
-
-    def _readiness(self) -> tuple[bool, str]:
-        if self._stopping.is_set():
-            return False, "stopping"
-        if not self.redis.up:
-            return False, "redis unavailable"
-        if self._groups_error is not None:
-            return False, f"consumer groups: {self._groups_error}"
-        return True, "ok"
 
     # -- signals and shutdown ----------------------------------------------------
 

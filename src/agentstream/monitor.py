@@ -1,0 +1,166 @@
+"""Monitor: a worker process's metrics, health probes and systemd notifications."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import TYPE_CHECKING
+
+import anyio
+import structlog
+
+from agentstream.consumer import describe_error
+from agentstream.errors import TransportError
+from agentstream.health import Health, Heartbeat, check_loops
+from agentstream.metrics import (
+    CollectorRegistry,
+    Metrics,
+    MetricsServer,
+    collect_group_stats,
+    start_server,
+)
+from agentstream.reaper import Reaper, SweepResult
+from agentstream.systemd import SystemdNotifier
+from agentstream.transport import RedisStreamTransport
+
+if TYPE_CHECKING:
+    from agentstream.supervisor import Supervisor
+
+__all__ = ["Monitor"]
+
+log = structlog.get_logger("agentstream.monitor")
+
+
+class Monitor:
+    """Watches a ``Supervisor`` and reports on it; never changes what it does."""
+
+    def __init__(self, supervisor: Supervisor, registry: CollectorRegistry) -> None:
+        self._sup = supervisor
+        self.registry = registry
+        self.metrics = Metrics(registry)
+        self.port: int | None = None
+        self.heartbeat = Heartbeat()
+        self.systemd = SystemdNotifier()
+        self._groups_error: str | None = "not checked yet"
+
+    # -- metrics ---------------------------------------------------------------
+
+    async def serve(self) -> MetricsServer | None:
+        """Serve /metrics, /healthz and /readyz when enabled (not in children).
+
+        Raises:
+            StartupError: the port cannot be bound.
+        """
+        from agentstream.supervisor import StartupError
+
+        conf = self._sup.settings.metrics
+        if not conf.enabled or self._sup.parent_pid is not None:
+            # A child of a multi-process parent: the parent serves the sum of
+            # every child's metrics (prometheus-client's multiprocess mode).
+            return None
+        health = Health(self.liveness, self.readiness)
+        serve = partial(start_server, self.registry, conf.host, conf.port, health.wrap)
+        try:
+            server = await anyio.to_thread.run_sync(serve)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            msg = f"cannot serve metrics on {conf.host}:{conf.port}: {reason}"
+            raise StartupError(msg) from None
+        self.port = server.port
+        log.info("metrics_serving", host=conf.host, port=server.port)
+        return server
+
+    def record_counts(self) -> None:
+        """Publish what consumers counted since the last call (no Redis call)."""
+        sup = self._sup
+        for c in sup.consumers:
+            stream, group = c.transport.stream_name, c.transport.consumer_group
+            self.metrics.record_tally(stream, group, c.tally.take())
+        self.metrics.set_restarts(sup.restarts)
+        self.metrics.record_redis(*sup.redis.take())
+        self.metrics.set_in_flight(sum(len(c.held_ids()) for c in sup.consumers))
+
+    def record_sweep(self, reaper: Reaper, result: SweepResult) -> None:
+        """Publish what one reaper sweep did."""
+        transport = reaper.consumer.transport
+        self.metrics.record_sweep(
+            transport.stream_name, transport.consumer_group, result
+        )
+
+    async def report(self, transports: list[RedisStreamTransport]) -> None:
+        """Every ``reaper.interval_s``: counts, then each group's backlog."""
+        subs = list(self._sup.settings.subscriptions)
+        while True:
+            self.record_counts()
+            error = None
+            for sub, transport in zip(subs, transports, strict=True):
+                try:
+                    stats = await collect_group_stats(transport, sub.dead_letter_key)
+                except TransportError as exc:
+                    error = describe_error(exc)
+                    continue
+                self.metrics.record_group_stats(sub.stream, sub.group, stats)
+            if error is not None and error != self._groups_error:
+                log.warning("group_stats_failed", error=error)
+            self._groups_error = error
+            await anyio.sleep(self._sup.settings.reaper.interval_s)
+
+    # -- health ----------------------------------------------------------------
+
+    def liveness(self) -> tuple[bool, str]:
+        """Live: the event loop answers and no consumer loop is stuck."""
+        # Runs in the metrics server's thread: reads state, never awaits.
+        live, reason = self.heartbeat.check()
+        if not live:
+            return live, reason
+        sup = self._sup
+        settings = sup.settings
+        reapers = {r.consumer.name for r in sup.reapers}
+        loops = []
+        for c in list(sup.consumers):
+            since = sup.loop_since.get(c.name, 0.0)
+            if since is None:  # waiting to restart after a failure: not stuck
+                continue
+            wait_s = (
+                settings.reaper.interval_s
+                if c.name in reapers
+                else settings.block_ms / 1000
+            )
+            deadline_s = wait_s + settings.handler_timeout_s + 5
+            loops.append((c.name, max(c.last_tick, since), deadline_s))
+        return check_loops(loops)
+
+    def readiness(self) -> tuple[bool, str]:
+        """Ready: not stopping, Redis answers, and the groups exist."""
+        if self._sup.stopping:
+            return False, "stopping"
+        if not self._sup.redis.up:
+            return False, "redis unavailable"
+        if self._groups_error is not None:
+            return False, f"consumer groups: {self._groups_error}"
+        return True, "ok"
+
+    # -- systemd ---------------------------------------------------------------
+
+    def status(self) -> str:
+        """The one-line summary systemd shows."""
+        sup = self._sup
+        in_flight = sum(len(c.held_ids()) for c in sup.consumers)
+        redis = "up" if sup.redis.up else "unavailable"
+        return (
+            f"{len(sup.consumers)} consumers on "
+            f"{len(sup.settings.subscriptions)} streams, redis {redis}, "
+            f"{in_flight} in flight, {sup.restarts} restarts"
+        )
+
+    async def notify_systemd(self) -> None:
+        """Send STATUS, and WATCHDOG=1 only while live, every half watchdog."""
+        interval_s = (self.systemd.watchdog_s or 60.0) / 2
+        while True:
+            live, reason = self.liveness()
+            lines = [f"STATUS={self.status()}"]
+            if self.systemd.watchdog_s and live:
+                lines.append("WATCHDOG=1")
+            elif not live:
+                log.warning("watchdog_withheld", reason=reason)
+            self.systemd.notify(*lines)
+            await anyio.sleep(interval_s)
