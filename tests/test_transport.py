@@ -400,7 +400,7 @@ class TestAsync:
         await await_for(
             lambda: _all_idle(atransport, 100), timeout=5, message="never idle"
         )
-        assert await atransport.arenew("me", [mine, theirs]) == [mine]
+        assert await atransport.arenew("me", [mine, theirs]) == ([mine], [])
         by_id = {p.id: p for p in await atransport.apending_range(10)}
         assert by_id[mine].idle_ms < 100
         assert by_id[mine].delivery_count == 1

@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+#: The commands the scripts run, by the transport operation that runs them: an
+#: ACL user needs them all (and EVALSHA), and a refusal names them.
+COMMANDS: dict[str, tuple[str, ...]] = {
+    "xclaim": ("evalsha", "xpending", "xrange", "xack", "xclaim"),
+    "xgroup delconsumer": ("evalsha", "xinfo", "xgroup"),
+    "lease": ("evalsha", "get", "set", "del"),
+    "xadd/xdel": ("evalsha", "xdel", "xadd"),
+}
+
 # KEYS[1] stream; ARGV group, consumer, min_idle_ms, id...
 # Claims each id that is still pending and idle for at least min_idle_ms. An id
 # whose entry left the stream is acknowledged and reported as lost instead, so
@@ -32,18 +41,28 @@ return {claimed, lost}
 # Hands the ids that owner still owns to new_owner (owner itself to renew a
 # lease), resetting their idle time without raising their delivery count. An id
 # another consumer took over is left alone: taking it back would let two live
-# consumers handle it. Returns the ids moved.
+# consumers handle it. An id whose entry left the stream is reported as lost
+# (XCLAIM would drop it from the group without a word): acknowledged when it
+# was to move, left pending on a renewal (its owner still has its data in hand).
+# Returns {moved, lost}.
 TRANSFER = """
-local moved = {}
+local moved, lost = {}, {}
 local group, owner, new_owner = ARGV[1], ARGV[2], ARGV[3]
 for i = 4, #ARGV do
   local id = ARGV[i]
   if #redis.call('XPENDING', KEYS[1], group, id, id, 1, owner) > 0 then
-    redis.call('XCLAIM', KEYS[1], group, new_owner, 0, id, 'JUSTID')
-    moved[#moved + 1] = id
+    if #redis.call('XRANGE', KEYS[1], id, id) == 0 then
+      if owner ~= new_owner then
+        redis.call('XACK', KEYS[1], group, id)
+      end
+      lost[#lost + 1] = id
+    else
+      redis.call('XCLAIM', KEYS[1], group, new_owner, 0, id, 'JUSTID')
+      moved[#moved + 1] = id
+    end
   end
 end
-return moved
+return {moved, lost}
 """
 
 # KEYS[1] stream; ARGV group, min_idle_ms, mode ("only" or "except"), name...

@@ -152,6 +152,20 @@ class TransportCore:
             text = str(exc)
             if "NOGROUP" in text:  # pipelines prefix the command's position
                 raise NoGroup(text, operation) from None
+            if "can't run this command" in text:
+                # A command inside a Lua script refused by the ACL: Redis does
+                # not say which one, so name all that the script runs.
+                commands = ", ".join(
+                    f"'{c}'" for c in _scripts.COMMANDS.get(operation, ())
+                )
+                msg = (
+                    f"Redis at {self._where} denied {operation}: the user may not "
+                    f"run a command of its script ({commands}): {text}"
+                )
+                raise errors.PermissionDenied(self._scrub(msg), operation) from None
+            if "NOPERM" in text:
+                msg = f"Redis at {self._where} denied {operation}: {text}"
+                raise errors.PermissionDenied(self._scrub(msg), operation) from None
             if text.startswith(("WRONGPASS", "NOAUTH")):
                 msg = f"Redis at {self._where} refused the credentials: {text}"
                 raise errors.AuthenticationError(self._scrub(msg), operation) from None

@@ -109,31 +109,40 @@ class WorkerOps(TransportCore):
         ]
         return ClaimResult(entries, [decode_id(i) for i in lost])
 
-    async def arenew(self, consumer: str, ids: Sequence[str]) -> list[str]:
+    async def arenew(
+        self, consumer: str, ids: Sequence[str]
+    ) -> tuple[list[str], list[str]]:
         """Reset the idle time of ids ``consumer`` still owns (its lease).
 
-        Uses XCLAIM ... JUSTID, which leaves the delivery count alone. Returns the
-        ids renewed; an id missing from the result was taken over by another
-        consumer.
+        Uses XCLAIM ... JUSTID, which leaves the delivery count alone.
+
+        Returns:
+            ``(renewed, gone)``: an id in neither was taken over by another
+            consumer; ``gone`` ids left the stream (they stay pending).
         """
         return await self.atransfer(consumer, consumer, ids)
 
     async def atransfer(
         self, owner: str, new_owner: str, ids: Sequence[str]
-    ) -> list[str]:
+    ) -> tuple[list[str], list[str]]:
         """Hand the ids ``owner`` still owns to ``new_owner`` (JUSTID, atomic).
 
-        The delivery count stays; the idle time restarts. Returns the ids moved.
+        The delivery count stays; the idle time restarts.
+
+        Returns:
+            ``(moved, lost)``; ``lost`` ids had left the stream (trimmed or
+            deleted) and were acknowledged instead of moved (unless
+            ``new_owner`` is ``owner``: a renewal leaves them pending).
         """
         if not ids:
-            return []
+            return [], []
         args = [self._group, owner, new_owner, *ids]
-        moved = await self._acall(
+        moved, lost = await self._acall(
             "xclaim",
             lambda: self._transfer(keys=[self._stream], args=args),
             recreate=True,
         )
-        return [decode_id(i) for i in moved]
+        return [decode_id(i) for i in moved], [decode_id(i) for i in lost]
 
     async def adead_letter(
         self,

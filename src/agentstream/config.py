@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -91,9 +92,27 @@ class RedisSettings(BaseModel):
 
     @field_validator("url")
     @classmethod
-    def _check_scheme(cls, url: str) -> str:
-        if not url.lower().startswith(_REDIS_SCHEMES):
+    def _check_url(cls, url: str) -> str:
+        if not url.startswith(_REDIS_SCHEMES):
             raise ValueError("must start with redis://, rediss:// or unix://")
+        try:
+            parts = urlsplit(url)
+            port = parts.port  # raises for a port that is not 0..65535
+        except ValueError as exc:
+            raise ValueError(f"is not a valid URL ({exc})") from None
+        if parts.query or parts.fragment:
+            # redis-py would let ?ssl_cert_reqs=none and friends override the
+            # [redis] settings, certificate checks included.
+            raise ValueError("must not carry ?options; use the [redis] settings")
+        if parts.scheme == "unix":
+            if not parts.path:
+                raise ValueError("unix:// needs a socket path")
+        else:
+            if not parts.hostname or port == 0:
+                raise ValueError("needs a host name and a port above 0")
+            db = parts.path.lstrip("/")
+            if db and not db.isdigit():
+                raise ValueError("the database after the host must be a number")
         return url
 
     @model_validator(mode="after")

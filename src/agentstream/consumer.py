@@ -269,8 +269,7 @@ class Consumer:
         assert type(entry_id) is str
         tally = self.tally
         if entry_fields is None:
-            tally.count(UNKNOWN_TYPE, LOST)
-            log.error("event_lost", event_id=entry_id, reason="data gone from stream")
+            self.report_lost([entry_id])
             self._ack(raw_id)
             return
         event = decode_event(
@@ -362,7 +361,15 @@ class Consumer:
         await self._park(entry_id)
 
     async def _park(self, entry_id: str) -> None:
-        await self.transport.atransfer(self.name, RETRY_CONSUMER, [entry_id])
+        _, lost = await self.transport.atransfer(self.name, RETRY_CONSUMER, [entry_id])
+        self.report_lost(lost)
+
+    def report_lost(self, lost: list[str]) -> None:
+        """Count and log entries whose data left the stream before handling."""
+        if lost:
+            self.tally.count(UNKNOWN_TYPE, LOST, len(lost))
+        for entry_id in lost:
+            log.error("event_lost", event_id=entry_id, reason="data gone from stream")
 
     async def dead_letter(
         self,
@@ -429,13 +436,13 @@ class Consumer:
         if not ids:
             return
         try:
-            renewed = await self.transport.arenew(self.name, ids)
+            renewed, gone = await self.transport.arenew(self.name, ids)
         except Exception as exc:  # noqa: BLE001 - the next tick tries again
             log.warning("lease_renew_failed", error=describe_error(exc))
             return
-        if len(renewed) < len(ids):
-            lost = sorted(set(ids) - set(renewed))
-            log.warning("lease_lost", event_ids=lost[:20], count=len(lost))
+        if len(renewed) + len(gone) < len(ids):
+            taken = sorted(set(ids) - set(renewed) - set(gone))
+            log.warning("lease_lost", event_ids=taken[:20], count=len(taken))
 
 
 def _text(value: bytes | str) -> str:

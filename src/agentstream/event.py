@@ -107,7 +107,14 @@ def _reject_constant(name: str) -> Any:
 # per call, which shows up at tens of thousands of events per second. Its C
 # scanner, called directly, also skips the Python-level whitespace handling
 # that JSONDecoder.decode adds around it.
-_decoder = json.JSONDecoder(parse_constant=_reject_constant)
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 overflows to inf: not JSON's number
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
+_decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 _strict_json = _decoder.decode
 _scan_once = json.scanner.make_scanner(_decoder)  # type: ignore[arg-type]
 

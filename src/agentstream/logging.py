@@ -7,6 +7,7 @@ import sys
 from typing import TextIO
 
 import structlog
+import structlog.tracebacks
 
 from .config import LogSettings
 
@@ -41,12 +42,19 @@ def configure_logging(settings: LogSettings, stream: TextIO | None = None) -> No
     ]
     if settings.format == "json" or (settings.format == "auto" and not tty):
         processors += [
-            structlog.processors.dict_tracebacks,
+            # Locals stay out of tracebacks: they hold passwords and event data.
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            ),
             structlog.processors.JSONRenderer(),
         ]
     else:
         # no colour escapes when the console format is forced into a file or pipe
-        processors.append(structlog.dev.ConsoleRenderer(colors=tty))
+        processors.append(
+            structlog.dev.ConsoleRenderer(
+                colors=tty, exception_formatter=structlog.dev.plain_traceback
+            )
+        )
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[settings.level]),

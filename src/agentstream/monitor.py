@@ -135,6 +135,9 @@ class Monitor:
             return False, "stopping"
         if not self._sup.redis.up:
             return False, "redis unavailable"
+        denial = self._sup.redis.recent_denial()
+        if denial is not None:
+            return False, f"permission denied: {denial}"
         if self._groups_error is not None:
             return False, f"consumer groups: {self._groups_error}"
         return True, "ok"

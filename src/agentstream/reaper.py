@@ -12,7 +12,7 @@ import structlog
 from agentstream.config import ReaperSettings
 from agentstream.consumer import RETRY_CONSUMER, Consumer
 from agentstream.event import event_type
-from agentstream.tally import DEAD_LETTER, LOST, UNKNOWN_TYPE
+from agentstream.tally import DEAD_LETTER
 from agentstream.transport import PendingEntry
 
 __all__ = ["Reaper", "SweepResult", "backoff_ms"]
@@ -152,11 +152,8 @@ class Reaper:
         claim = await transport.aclaim_entries(
             consumer.name, self._settings.min_idle_ms, [e.id for e in due]
         )
-        for entry_id in claim.lost:
-            log.error("event_lost", event_id=entry_id, reason="data gone from stream")
         result.lost += len(claim.lost)
-        if claim.lost:
-            consumer.tally.count(UNKNOWN_TYPE, LOST, len(claim.lost))
+        consumer.report_lost(claim.lost)
         retry = []
         for entry in claim.entries:
             deliveries = entry.delivery_count - 1  # the claim itself counted one

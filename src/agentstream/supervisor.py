@@ -45,6 +45,8 @@ class RedisState:
 
     def __init__(self) -> None:
         self.up = True
+        self.denial: str | None = None
+        self.denied_at = 0.0
         self.errors: dict[str, int] = {}
         self.reconnects = 0
 
@@ -55,6 +57,20 @@ class RedisState:
         if self.up:
             self.up = False
             log.error("redis_unavailable", error=describe_error(exc))
+
+    def denied(self, exc: PermissionDenied) -> None:
+        """Record a command the ACL refused (logged once per message)."""
+        self.errors[exc.operation] = self.errors.get(exc.operation, 0) + 1
+        if self.denial != str(exc):
+            log.error("redis_permission_denied", error=describe_error(exc))
+        self.denial = str(exc)
+        self.denied_at = time.monotonic()
+
+    def recent_denial(self, within_s: float = 60.0) -> str | None:
+        """The last ACL refusal if it happened within ``within_s``."""
+        if self.denial is None or time.monotonic() - self.denied_at > within_s:
+            return None
+        return self.denial
 
     def answered(self) -> None:
         """Record a successful Redis call."""
@@ -204,7 +220,7 @@ class Supervisor:
                 lease = NameLease(transports, self._name_base, settings.name_lease_s)
                 try:
                     self._name_base = await lease.acquire()
-                except NamesExhausted as exc:
+                except (NamesExhausted, AuthenticationError, PermissionDenied) as exc:
                     raise StartupError(str(exc)) from None
                 tg.start_soon(lease.keep, self._name_lost)
                 self._start_loops(tg, transports)
@@ -330,7 +346,9 @@ class Supervisor:
                     await run()
                 except Exception as exc:
                     cause = unwrap(exc)
-                    if isinstance(cause, TransportError):
+                    if isinstance(cause, PermissionDenied):
+                        self.redis.denied(cause)
+                    elif isinstance(cause, TransportError):
                         self.redis.failed(cause)
                     else:
                         log.error("consumer_crashed", consumer=name, exc_info=cause)

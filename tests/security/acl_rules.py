@@ -1,0 +1,114 @@
+"""The least-privilege Redis ACL users of agentstream, as tested in test_acl.py.
+
+Two users, for streams whose names start with ``agent_output`` (the stream,
+``<stream>:dlq``, ``<stream>:lasterror:*`` and ``<stream>:owner:*`` keys):
+
+- :data:`WORKER_RULES`, for ``agentstream-worker``: reads through its consumer
+  group, acknowledges, dead-letters, records last errors, holds consumer-name
+  leases, and runs the Lua scripts of ``agentstream._scripts``. Redis checks
+  every command a script runs against the caller's ACL, so the commands inside
+  the scripts are granted too (XPENDING, XRANGE, XACK, XCLAIM, XINFO CONSUMERS,
+  XGROUP DELCONSUMER, GET, SET, DEL); keys stay confined to the pattern.
+- :data:`READONLY_RULES`, for ``agentstream stats``, ``dlq list``/``show`` and
+  ``tail``: read commands on the same keys (``%R~``), nothing that writes.
+
+Found empirically: the tests run the worker through every path (handled,
+failed -> retried -> dead-lettered, Retry, DeadLetter, malformed, unhandled,
+handler timeout, lease renewal, reaper claims, idle-consumer removal, a clean
+shutdown, metrics) and find ``ACL LOG`` empty; dropping a rule breaks a path.
+
+Not granted, on purpose: EVAL and SCRIPT LOAD's siblings (redis-py runs
+scripts with EVALSHA and loads them with SCRIPT LOAD on NOSCRIPT), FLUSH*,
+KEYS, CONFIG, DEBUG, any pub/sub channel, and keys outside the pattern.
+``CLIENT SETINFO`` (sent by redis-py on connect, ignored when refused) is left
+out: Redis 7.0 does not know it, so ``ACL SETUSER`` would reject the rule; on
+Redis 7.2 and later add ``+client|setinfo`` to keep ``ACL LOG`` quiet.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "KEY_PATTERN",
+    "READONLY_COMMANDS",
+    "READONLY_RULES",
+    "READONLY_USER",
+    "WORKER_COMMANDS",
+    "WORKER_RULES",
+    "WORKER_USER",
+    "setuser_line",
+]
+
+WORKER_USER = "agentstream-worker"
+READONLY_USER = "agentstream-readonly"
+
+#: Streams ``agent_output``, ``agent_output:dlq``, and the worker's own keys
+#: ``agent_output:lasterror:<group>:<id>`` and ``agent_output:owner:<group>:<name>``.
+KEY_PATTERN = "agent_output*"
+
+#: What the worker runs, at top level or inside its Lua scripts.
+WORKER_COMMANDS: tuple[str, ...] = (
+    # connection: --check pings; SELECT for a database other than 0
+    "+ping",
+    "+select",
+    # the consumer group: created at start (with MKSTREAM) when missing
+    "+xgroup|create",
+    # reading, acknowledging, pending lists, claims, dead letters
+    "+xreadgroup",
+    "+xack",
+    "+xpending",
+    "+xclaim",
+    "+xrange",
+    "+xadd",
+    "+xlen",
+    "+xinfo|groups",
+    "+xinfo|consumers",
+    "+xgroup|delconsumer",
+    # dead letters: XADD + XACK in one transaction
+    "+multi",
+    "+exec",
+    # last errors (SET PX / GET) and consumer-name leases (GET, SET, DEL)
+    "+get",
+    "+set",
+    "+del",
+    # the Lua scripts
+    "+evalsha",
+    "+script|load",
+)
+
+#: What ``agentstream stats``, ``dlq list``/``show`` and ``tail`` run.
+READONLY_COMMANDS: tuple[str, ...] = (
+    "+ping",
+    "+select",
+    "+time",
+    "+exists",
+    "+xlen",
+    "+xpending",
+    "+xinfo|stream",
+    "+xinfo|groups",
+    "+xinfo|consumers",
+    "+xrange",
+    "+xread",
+)
+
+#: ``ACL SETUSER agentstream-worker <rules> >password``
+WORKER_RULES: tuple[str, ...] = (
+    "reset",
+    "on",
+    "resetchannels",
+    f"~{KEY_PATTERN}",
+    *WORKER_COMMANDS,
+)
+
+#: ``ACL SETUSER agentstream-readonly <rules> >password``; ``%R~``: read only.
+READONLY_RULES: tuple[str, ...] = (
+    "reset",
+    "on",
+    "resetchannels",
+    f"%R~{KEY_PATTERN}",
+    *READONLY_COMMANDS,
+)
+
+
+def setuser_line(user: str, rules: tuple[str, ...], password: str) -> str:
+    """The ``ACL SETUSER`` command line for ``user``, as typed in redis-cli."""
+    return " ".join(["ACL", "SETUSER", user, *rules, f">{password}"])
