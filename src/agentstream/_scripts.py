@@ -41,9 +41,11 @@ return {claimed, lost}
 # Hands the ids that owner still owns to new_owner (owner itself to renew a
 # lease), resetting their idle time without raising their delivery count. An id
 # another consumer took over is left alone: taking it back would let two live
-# consumers handle it. An id whose entry left the stream is reported as lost
-# (XCLAIM would drop it from the group without a word): acknowledged when it
-# was to move, left pending on a renewal (its owner still has its data in hand).
+# consumers handle it. An id whose entry left the stream is acknowledged and
+# reported as lost (XCLAIM would drop it from the group without a word); on a
+# renewal its owner still has the data in hand and handles it, and only counts
+# it as lost if that fails: then the id is pending nowhere and gone, which the
+# last branch reports (as it does when the stream or group was deleted).
 # Returns {moved, lost}.
 TRANSFER = """
 local moved, lost = {}, {}
@@ -52,14 +54,18 @@ for i = 4, #ARGV do
   local id = ARGV[i]
   if #redis.call('XPENDING', KEYS[1], group, id, id, 1, owner) > 0 then
     if #redis.call('XRANGE', KEYS[1], id, id) == 0 then
-      if owner ~= new_owner then
-        redis.call('XACK', KEYS[1], group, id)
-      end
+      redis.call('XACK', KEYS[1], group, id)
       lost[#lost + 1] = id
     else
       redis.call('XCLAIM', KEYS[1], group, new_owner, 0, id, 'JUSTID')
       moved[#moved + 1] = id
     end
+  elseif owner ~= new_owner
+      and #redis.call('XPENDING', KEYS[1], group, id, id, 1) == 0
+      and #redis.call('XRANGE', KEYS[1], id, id) == 0 then
+    -- Pending nowhere and gone from the stream: the stream or the group was
+    -- deleted under its handler.
+    lost[#lost + 1] = id
   end
 end
 return {moved, lost}

@@ -118,7 +118,9 @@ class WorkerOps(TransportCore):
 
         Returns:
             ``(renewed, gone)``: an id in neither was taken over by another
-            consumer; ``gone`` ids left the stream (they stay pending).
+            consumer; ``gone`` ids left the stream and were acknowledged (the
+            owner still holds their data: it handles them, and counts them as
+            lost only if that fails).
         """
         return await self.atransfer(consumer, consumer, ids)
 
@@ -131,8 +133,8 @@ class WorkerOps(TransportCore):
 
         Returns:
             ``(moved, lost)``; ``lost`` ids had left the stream (trimmed or
-            deleted) and were acknowledged instead of moved (unless
-            ``new_owner`` is ``owner``: a renewal leaves them pending).
+            deleted) and were acknowledged instead of moved, or (unless this is
+            a renewal) are pending nowhere because the group was deleted.
         """
         if not ids:
             return [], []
@@ -220,14 +222,22 @@ class WorkerOps(TransportCore):
         return [decode_id(n) for n in removed]
 
     async def aconsumers(self) -> list[dict[str, Any]]:
-        """List the group's consumers: ``name``, ``pending`` and ``idle`` (ms)."""
+        """List the group's consumers: ``name``, ``pending`` and ``idle`` (ms).
+
+        ``idle`` is the time since the consumer last read or claimed something
+        (Redis 7.2+ calls that ``inactive``; its ``idle`` counts failed reads too).
+        """
         rows = await self._acall(
             "xinfo consumers",
             lambda: self._async.xinfo_consumers(self._stream, self._group),
             recreate=True,
         )
         return [
-            {"name": r["name"], "pending": int(r["pending"]), "idle": int(r["idle"])}
+            {
+                "name": r["name"],
+                "pending": int(r["pending"]),
+                "idle": int(r.get("inactive", r["idle"])),
+            }
             for r in rows
         ]
 

@@ -94,6 +94,7 @@ class Consumer:
         self._first_ack_at = 0.0
         self._held: Sequence[Any] = ()
         self._waiting: Sequence[Any] = ()
+        self._gone: set[str] = set()
         self._fast = False
         self._reading = False
         self._pos = 0
@@ -135,7 +136,7 @@ class Consumer:
             try:
                 yield
             finally:
-                with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                     await self.flush_acks()
                 tg.cancel_scope.cancel()
 
@@ -259,6 +260,7 @@ class Consumer:
                     i += 1
         finally:
             self._held = ()
+            self._gone.clear()
             self._scope = None
             self._handler_started = 0.0
 
@@ -415,6 +417,8 @@ class Consumer:
         held = [_text(e[0]) for e in self._held[self._pos :]]
         held.extend(_text(e[0]) for e in self._waiting)
         held.extend(_text(i) for i in self._acks)
+        if self._gone:
+            held = [i for i in held if i not in self._gone]
         return held
 
     async def _watch(self) -> None:
@@ -440,6 +444,8 @@ class Consumer:
         except Exception as exc:  # noqa: BLE001 - the next tick tries again
             log.warning("lease_renew_failed", error=describe_error(exc))
             return
+        # Acknowledged by the renewal: no lease to keep; a failure reports them.
+        self._gone.update(gone)
         if len(renewed) + len(gone) < len(ids):
             taken = sorted(set(ids) - set(renewed) - set(gone))
             log.warning("lease_lost", event_ids=taken[:20], count=len(taken))

@@ -20,7 +20,9 @@ __all__ = ["RedisConnectionPool", "pool_from_settings"]
 DEFAULT_SOCKET_TIMEOUT_S = 30.0
 
 # A couple of quick retries hide a stale pooled connection (Redis restarted);
-# longer outages surface as errors that callers back off from themselves.
+# longer outages surface as errors that callers back off from themselves. A
+# timeout is not retried: with a network cut, each retry would wait the whole
+# socket timeout again before anyone noticed.
 _RETRIES = 2
 
 
@@ -63,7 +65,9 @@ class RedisConnectionPool:
             redis_url,
             max_connections=max_connections,
             decode_responses=decode_responses,
-            retry=redis.retry.Retry(_backoff(), _RETRIES),
+            retry=redis.retry.Retry(
+                _backoff(), _RETRIES, supported_errors=(redis.ConnectionError,)
+            ),
             **self._kwargs,
         )
         self._sync_client: redis.Redis | None = None
@@ -129,7 +133,9 @@ class RedisConnectionPool:
             self._redis_url,
             max_connections=self._max_connections,
             decode_responses=decode_responses,
-            retry=aioretry.Retry(_backoff(), _RETRIES),
+            retry=aioretry.Retry(
+                _backoff(), _RETRIES, supported_errors=(redis.ConnectionError,)
+            ),
             **self._kwargs,
         )
         return aioredis.Redis.from_pool(pool)

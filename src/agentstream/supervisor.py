@@ -248,9 +248,11 @@ class Supervisor:
                 tg.cancel_scope.cancel()
             if self.settings.metrics.enabled:
                 monitor.record_counts()  # the last interval's counts
-            if not self._forced:
-                await self._remove_own_consumers()
-                with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            if not self._forced and self.redis.up:
+                # One short deadline for all cleanup, so that a stop during a
+                # network cut still ends well inside the service manager's limit.
+                with anyio.CancelScope(shield=True), anyio.move_on_after(3):
+                    await self._remove_own_consumers()
                     await lease.release()
             log.info("worker_stopped", forced=self._forced)
             return self._exit_status
@@ -395,14 +397,11 @@ class Supervisor:
             c.transport.stream_name + "\0" + c.transport.consumer_group: c.transport
             for c in self.consumers
         }
-        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-            for transport in by_stream.values():
-                try:
-                    removed = await transport.adelete_idle_consumers(
-                        0, names, only=True
-                    )
-                except TransportError as exc:
-                    log.warning("consumer_cleanup_failed", error=describe_error(exc))
-                    continue
-                if removed:
-                    log.info("consumers_removed", names=removed)
+        for transport in by_stream.values():
+            try:
+                removed = await transport.adelete_idle_consumers(0, names, only=True)
+            except TransportError as exc:
+                log.warning("consumer_cleanup_failed", error=describe_error(exc))
+                continue
+            if removed:
+                log.info("consumers_removed", names=removed)
