@@ -79,8 +79,9 @@ class RedisStreamTransport(WorkerOps, AdminOps):
         pool: RedisConnectionPool,
     ) -> RedisStreamTransport:
         """Create a transport from async code without blocking the event loop."""
-        self = cls.__new__(cls)
-        self._setup(stream_name, pool.redis_url, consumer_group, max_len, pool)
+        self = cls.attach(
+            stream_name, consumer_group=consumer_group, max_len=max_len, pool=pool
+        )
         await self.aensure_group()
         return self
 
