@@ -12,6 +12,7 @@ import anyio
 import structlog
 from anyio.streams.memory import MemoryObjectSendStream
 
+from agentstream._transport_core import to_text
 from agentstream.app import App
 from agentstream.config import Settings, SubscriptionSettings
 from agentstream.errors import DeadLetter, Retry
@@ -256,7 +257,7 @@ class Consumer:
                     error = TimeoutError(
                         f"handler exceeded handler_timeout_s={self._timeout_s}"
                     )
-                    await self._failed(_text(entry_id), error, "timeout")
+                    await self._failed(to_text(entry_id), error, "timeout")
                     i += 1
         finally:
             self._held = ()
@@ -297,6 +298,8 @@ class Consumer:
         # The entry id's first part is the publish time in ms: its age at start.
         age_s = _time() - int(entry_id[: entry_id.find("-")]) / 1000
         started = self.last_tick = self._handler_started = _monotonic()
+        outcome = OK
+        error: Exception | None = None
         try:
             if handler.is_async:
                 await handler.func(event)
@@ -305,32 +308,30 @@ class Consumer:
                     handler.func, event, limiter=self._limiter, abandon_on_cancel=True
                 )
         except DeadLetter as exc:
-            self._handler_started = 0.0
-            type_tally = self.tally.of(event.type)
-            type_tally.observe(_monotonic() - started, age_s)
-            type_tally.counts[DEAD_LETTER] += 1
-            await self.dead_letter(
-                entry_id, entry_fields, exc.reason, describe_error(exc), count
-            )
+            outcome, error = DEAD_LETTER, exc
         except Retry:
-            self._handler_started = 0.0
-            type_tally = self.tally.of(event.type)
-            type_tally.observe(_monotonic() - started, age_s)
-            type_tally.counts[RETRY] += 1
-            await self._park(entry_id)
+            outcome = RETRY
         except Exception as exc:  # noqa: BLE001 - a handler failure stops here
-            self._handler_started = 0.0
-            type_tally = self.tally.of(event.type)
-            type_tally.observe(_monotonic() - started, age_s)
-            await self._failed(entry_id, exc, "failed", event)
-        else:
-            # Looked up after the handler: the reporter may have taken the
-            # tally meanwhile, and counts added to the old one would be lost.
-            self._handler_started = 0.0
-            type_tally = self.tally.of(event.type)
-            type_tally.observe(_monotonic() - started, age_s)
+            outcome, error = FAILED, exc
+        self._handler_started = 0.0
+        # Looked up after the handler: the reporter may have taken the tally
+        # meanwhile, and counts added to the old one would be lost.
+        type_tally = self.tally.of(event.type)
+        type_tally.observe(_monotonic() - started, age_s)
+        if outcome == OK:
             type_tally.counts[OK] += 1
             self._ack(raw_id)
+        elif outcome == RETRY:
+            type_tally.counts[RETRY] += 1
+            await self._park(entry_id)
+        elif isinstance(error, DeadLetter):
+            type_tally.counts[DEAD_LETTER] += 1
+            await self.dead_letter(
+                entry_id, entry_fields, error.reason, describe_error(error), count
+            )
+        else:
+            assert error is not None
+            await self._failed(entry_id, error, "failed", event)
 
     def _ack(self, raw_id: bytes | str) -> None:
         if not self._acks:
@@ -414,9 +415,9 @@ class Consumer:
 
     def held_ids(self) -> list[str]:
         """Ids this consumer holds: its batches in hand and unsent acks."""
-        held = [_text(e[0]) for e in self._held[self._pos :]]
-        held.extend(_text(e[0]) for e in self._waiting)
-        held.extend(_text(i) for i in self._acks)
+        held = [to_text(e[0]) for e in self._held[self._pos :]]
+        held.extend(to_text(e[0]) for e in self._waiting)
+        held.extend(to_text(i) for i in self._acks)
         if self._gone:
             held = [i for i in held if i not in self._gone]
         return held
@@ -449,7 +450,3 @@ class Consumer:
         if len(renewed) + len(gone) < len(ids):
             taken = sorted(set(ids) - set(renewed) - set(gone))
             log.warning("lease_lost", event_ids=taken[:20], count=len(taken))
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
