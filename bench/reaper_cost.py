@@ -15,16 +15,18 @@ from typing import Any
 import anyio
 import redis
 
-from agentstream import App, Event, RedisStreamTransport, Settings
+from agentstream import App, Event, Settings
 from agentstream.config import (
     MetricsSettings,
     ReaperSettings,
     RedisSettings,
     SubscriptionSettings,
 )
-from agentstream.consumer import Consumer
-from agentstream.pool import pool_from_settings
-from agentstream.reaper import Reaper, SweepResult
+from agentstream.observe.counts import SweepResult
+from agentstream.transport.pool import pool_from_settings
+from agentstream.transport.worker_ops import WorkerOps
+from agentstream.worker.consumer import Consumer
+from agentstream.worker.reaper import Reaper
 from bench import GROUP
 from bench.observe import BenchError, group_state
 from bench.workload import add_entries
@@ -83,7 +85,7 @@ async def _sweeps(
     times: list[float] = []
     results: list[SweepResult] = []
     try:
-        transport = await RedisStreamTransport.aopen(stream, pool=pool)
+        transport = await WorkerOps.aopen(stream, pool=pool)
         limiter = anyio.CapacityLimiter(settings.sync_threads)
         sub = settings.subscriptions[0]
         consumer = Consumer(

@@ -31,7 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agentstream import RedisStreamTransport
 from agentstream.cli import EXIT_CONFIG
 from agentstream.config import Settings, load_settings
-from agentstream.metrics import CollectorRegistry, Metrics
+from agentstream.observe.metrics import CollectorRegistry, Metrics
 from redis_server import RedisServerFactory
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -779,7 +779,7 @@ class TestDashboard:
 
 class TestMetricNames:
     def test_names_are_defined_by_metrics_module(self) -> None:
-        """Dashboard and alerts use only series that agentstream.metrics defines."""
+        """Dashboard and alerts use only series that agentstream.observe.metrics defines."""
         registry = CollectorRegistry()
         Metrics(registry)
         defined: set[str] = set()

@@ -17,8 +17,8 @@ from agentstream.errors import (
     TransportError,
 )
 from agentstream.event import Event
-from agentstream.pool import RedisConnectionPool
 from agentstream.transport import RedisStreamTransport
+from agentstream.transport.pool import RedisConnectionPool
 
 __all__ = [
     "AgentStreamError",

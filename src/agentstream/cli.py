@@ -16,11 +16,18 @@ import structlog
 from agentstream._version import __version__
 from agentstream.app import App
 from agentstream.config import Settings, load_settings, redacted
-from agentstream.errors import ConfigError, TransportError
+from agentstream.errors import ConfigError, StartupError, TransportError
+from agentstream.exit_codes import (
+    EXIT_CONFIG,
+    EXIT_CRASH,
+    EXIT_OK,
+    EXIT_STARTUP,
+    EXIT_USAGE,
+)
 from agentstream.logging import configure_logging
-from agentstream.pool import pool_from_settings
-from agentstream.supervisor import StartupError, Supervisor
-from agentstream.transport import RedisStreamTransport
+from agentstream.transport.pool import pool_from_settings
+from agentstream.transport.worker_ops import WorkerOps
+from agentstream.worker.supervisor import Supervisor
 
 __all__ = [
     "EXIT_CONFIG",
@@ -32,12 +39,6 @@ __all__ = [
     "main",
     "worker_main",
 ]
-
-EXIT_OK = 0
-EXIT_CRASH = 1
-EXIT_USAGE = 2  # argparse's own status for bad arguments
-EXIT_STARTUP = 3
-EXIT_CONFIG = 78  # sysexits EX_CONFIG: systemd's RestartPreventExitStatus=78
 
 log = structlog.get_logger("agentstream.cli")
 
@@ -115,7 +116,7 @@ def run_worker(argv: Sequence[str] | None = None) -> int:
     if args.check:
         return check(settings, app)
     if settings.processes > 1 and args.process_index is None:
-        from agentstream.processes import run_processes
+        from agentstream.worker.processes import run_processes
 
         try:
             return run_processes(
@@ -161,7 +162,7 @@ def check(settings: Settings, app: App) -> int:
         )
         try:
             for sub in settings.subscriptions:
-                transport = await RedisStreamTransport.aopen(
+                transport = await WorkerOps.aopen(
                     sub.stream, consumer_group=sub.group, pool=pool
                 )
                 await transport.aping()

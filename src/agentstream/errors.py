@@ -11,6 +11,7 @@ __all__ = [
     "HandlerConflict",
     "PermissionDenied",
     "Retry",
+    "StartupError",
     "TransportError",
 ]
 
@@ -52,6 +53,11 @@ class AuthenticationError(TransportError):
 
 class PermissionDenied(TransportError):
     """Redis refused a command for the ACL user (NOPERM)."""
+
+
+class StartupError(Exception):
+    """The worker cannot start and retrying will not help (credentials, ACL,
+    a metrics port taken); the worker exits with status 3."""
 
 
 class DeadLetter(Exception):

@@ -5,7 +5,7 @@ Two users, for streams whose names start with ``agent_output`` (the stream,
 
 - :data:`WORKER_RULES`, for ``agentstream-worker``: reads through its consumer
   group, acknowledges, dead-letters, records last errors, holds consumer-name
-  leases, and runs the Lua scripts of ``agentstream._scripts``. Redis checks
+  leases, and runs the Lua scripts of ``agentstream.transport.scripts``. Redis checks
   every command a script runs against the caller's ACL, so the commands inside
   the scripts are granted too (XPENDING, XRANGE, XACK, XCLAIM, XINFO CONSUMERS,
   XGROUP DELCONSUMER, GET, SET, DEL); keys stay confined to the pattern.

@@ -41,7 +41,7 @@ from security_harness import (
 )
 
 from agentstream.admin import run_admin
-from agentstream.consumer import RETRY_CONSUMER
+from agentstream.worker.consumer import RETRY_CONSUMER
 from redis_server import RedisServer
 
 pytestmark = [pytest.mark.security, pytest.mark.redis]

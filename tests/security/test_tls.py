@@ -32,7 +32,7 @@ from security_harness import (
 from tls_certs import Pki, ServerCert, TlsRedisServer, TlsUnavailable, make_pki
 
 from agentstream.config import load_settings
-from agentstream.pool import pool_from_settings
+from agentstream.transport.pool import pool_from_settings
 
 pytestmark = [pytest.mark.security, pytest.mark.redis]
 

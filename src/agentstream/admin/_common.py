@@ -9,8 +9,9 @@ from typing import Any
 
 from agentstream.config import Settings
 from agentstream.errors import AgentStreamError
-from agentstream.pool import RedisConnectionPool, pool_from_settings
-from agentstream.transport import RawFields, RedisStreamTransport
+from agentstream.transport.admin_ops import AdminOps
+from agentstream.transport.core import RawFields
+from agentstream.transport.pool import RedisConnectionPool, pool_from_settings
 
 # Short: an operator command should fail fast, and tail blocks for 1 s at most.
 SOCKET_TIMEOUT_S = 10.0
@@ -31,7 +32,7 @@ class Context:
         self.settings = settings
         self._pool: RedisConnectionPool | None = None
 
-    def transport(self, stream: str, group: str = "agents") -> RedisStreamTransport:
+    def transport(self, stream: str, group: str = "agents") -> AdminOps:
         """A transport on ``stream`` that creates nothing in Redis."""
         if self._pool is None:
             # A bytes pool: entries that are not UTF-8 are shown, not fatal.
@@ -40,9 +41,7 @@ class Context:
                 socket_timeout_s=SOCKET_TIMEOUT_S,
                 max_connections=4,
             )
-        return RedisStreamTransport.attach(
-            stream, consumer_group=group, pool=self._pool
-        )
+        return AdminOps.attach(stream, consumer_group=group, pool=self._pool)
 
     async def aclose(self) -> None:
         """Close the pool, if one was opened."""

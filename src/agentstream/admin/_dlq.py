@@ -22,7 +22,8 @@ from agentstream.admin._common import (
     text,
 )
 from agentstream.config import Settings
-from agentstream.transport import RawFields, RedisStreamTransport
+from agentstream.transport.admin_ops import AdminOps
+from agentstream.transport.core import RawFields
 
 #: Entries read per XRANGE while filtering.
 _PAGE = 500
@@ -74,7 +75,7 @@ def dead_letter_key(settings: Settings, stream: str | None) -> str:
 
 
 async def _select(
-    transport: RedisStreamTransport, key: str, filters: Filters, limit: int | None
+    transport: AdminOps, key: str, filters: Filters, limit: int | None
 ) -> AsyncIterator[Entry]:
     """Yield up to ``limit`` matching entries of ``key``, oldest first."""
     start, found = filters.start, 0
@@ -91,7 +92,7 @@ async def _select(
         start = f"({rows[-1][0]}"
 
 
-async def _get(transport: RedisStreamTransport, key: str, entry_id: str) -> RawFields:
+async def _get(transport: AdminOps, key: str, entry_id: str) -> RawFields:
     rows = await transport.arange_raw(key, entry_id, entry_id, 1)
     if not rows:
         raise CommandFailed(f"no dead letter {entry_id} in {key}")

@@ -12,7 +12,7 @@ import anyio
 import anyio.abc
 
 from agentstream.admin._common import Context, err, field, json_object, one_line, out
-from agentstream.transport import RawFields
+from agentstream.transport.core import RawFields
 
 
 async def run_publish(args: argparse.Namespace, ctx: Context) -> int:

@@ -16,14 +16,19 @@ from agentstream.admin._common import CommandFailed, Context, UsageError, err
 from agentstream.admin._dlq import run_list, run_purge, run_replay, run_show
 from agentstream.admin._events import run_publish, run_tail
 from agentstream.admin._stats import run_stats
-from agentstream.cli import EXIT_CONFIG, EXIT_CRASH, EXIT_OK, EXIT_USAGE
 from agentstream.config import load_settings
 from agentstream.errors import ConfigError, TransportError
+from agentstream.exit_codes import (
+    EXIT_CONFIG,
+    EXIT_CRASH,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+)
 
 Command = Callable[[argparse.Namespace, Context], Awaitable[int]]
 
 #: Ctrl-C outside ``tail``, as a shell reports SIGINT.
-EXIT_INTERRUPTED = 130
 
 _CONFIG_HELP = "the worker's TOML configuration (environment overrides apply)"
 _ID_RE = re.compile(r"^\d+-\d+$")

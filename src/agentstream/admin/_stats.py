@@ -8,7 +8,7 @@ from typing import Any
 
 from agentstream.admin._common import Context, duration, out, table, text
 from agentstream.config import SubscriptionSettings
-from agentstream.transport import RedisStreamTransport
+from agentstream.transport.admin_ops import AdminOps
 
 
 def _ms_part(entry_id: str) -> int:
@@ -16,7 +16,7 @@ def _ms_part(entry_id: str) -> int:
 
 
 async def _subscription_stats(
-    transport: RedisStreamTransport, sub: SubscriptionSettings, now_ms: int
+    transport: AdminOps, sub: SubscriptionSettings, now_ms: int
 ) -> dict[str, Any]:
     """What one subscription looks like now; the keys are the same every time."""
     exists = await transport.aexists()

@@ -8,12 +8,11 @@ from collections.abc import (
 )
 from typing import Any
 
-from agentstream import errors
-from agentstream._transport_core import (
+from agentstream.transport.core import (
     ClaimResult,
     RawEntry,
     RawFields,
-    TransportCore,
+    StreamCore,
     decode_id,
     pairs_to_fields,
 )
@@ -21,8 +20,8 @@ from agentstream._transport_core import (
 __all__ = ["WorkerOps"]
 
 
-class WorkerOps(TransportCore):
-    """The worker's extensions of ``RedisStreamTransport`` (async only)."""
+class WorkerOps(StreamCore):
+    """The worker's stream operations (async only): one stream and group."""
 
     # -- worker reads (undecoded bytes, for the strict decoder) -----------------
 
@@ -40,22 +39,20 @@ class WorkerOps(TransportCore):
         read). The block is capped below the socket timeout; an empty list means
         no entry arrived in time.
         """
-        block = self._block(block_ms)
-        streams: dict[Any, Any] = {self._stream: ">"}
+        block = self.block(block_ms)
+        streams: dict[Any, Any] = {self.stream: ">"}
 
         async def read() -> Any:
             if not ack_ids:
-                return await self._raw.xreadgroup(
-                    self._group, consumer, streams, count=count, block=block
+                return await self.raw.xreadgroup(
+                    self.group, consumer, streams, count=count, block=block
                 )
-            async with self._raw.pipeline(transaction=False) as pipe:
-                pipe.xack(self._stream, self._group, *ack_ids)
-                pipe.xreadgroup(
-                    self._group, consumer, streams, count=count, block=block
-                )
+            async with self.raw.pipeline(transaction=False) as pipe:
+                pipe.xack(self.stream, self.group, *ack_ids)
+                pipe.xreadgroup(self.group, consumer, streams, count=count, block=block)
                 return (await pipe.execute())[1]
 
-        rows: Any = await self._acall("xreadgroup", read, recreate=True)
+        rows: Any = await self.acall("xreadgroup", read, recreate=True)
         return rows[0][1] if rows else []
 
     async def aread_own_pending(
@@ -68,16 +65,16 @@ class WorkerOps(TransportCore):
         """
 
         async def run() -> list[Any]:
-            async with self._raw.pipeline(transaction=True) as pipe:
+            async with self.raw.pipeline(transaction=True) as pipe:
                 pipe.xreadgroup(
-                    self._group, consumer, {self._stream: after_id}, count=count
+                    self.group, consumer, {self.stream: after_id}, count=count
                 )
                 pipe.xpending_range(
-                    self._stream, self._group, "-", "+", count * 2, consumer
+                    self.stream, self.group, "-", "+", count * 2, consumer
                 )
                 return await pipe.execute()
 
-        rows, pending = await self._acall("xreadgroup", run, recreate=True)
+        rows, pending = await self.acall("xreadgroup", run, recreate=True)
         if not rows or not rows[0][1]:
             return []
         counts = {p["message_id"]: p["times_delivered"] for p in pending}
@@ -98,10 +95,10 @@ class WorkerOps(TransportCore):
         """
         if not ids:
             return ClaimResult([], [])
-        args = [self._group, consumer, min_idle_ms, *ids]
-        claimed, lost = await self._acall(
+        args = [self.group, consumer, min_idle_ms, *ids]
+        claimed, lost = await self.acall(
             "xclaim",
-            lambda: self._claim(keys=[self._stream], args=args),  # type: ignore[arg-type]
+            lambda: self._claim(keys=[self.stream], args=args),  # type: ignore[arg-type]
             recreate=True,
         )
         entries = [
@@ -138,10 +135,10 @@ class WorkerOps(TransportCore):
         """
         if not ids:
             return [], []
-        args = [self._group, owner, new_owner, *ids]
-        moved, lost = await self._acall(
+        args = [self.group, owner, new_owner, *ids]
+        moved, lost = await self.acall(
             "xclaim",
-            lambda: self._transfer(keys=[self._stream], args=args),
+            lambda: self._transfer(keys=[self.stream], args=args),
             recreate=True,
         )
         return [decode_id(i) for i in moved], [decode_id(i) for i in lost]
@@ -163,38 +160,38 @@ class WorkerOps(TransportCore):
         dead: dict[Any, Any] = dict(fields or {})
         dead.update(
             {
-                "dlq_stream": self._stream,
+                "dlq_stream": self.stream,
                 "dlq_id": entry_id,
-                "dlq_group": self._group,
+                "dlq_group": self.group,
                 "dlq_at": str(time.time()),
             }
         )
         dead.update({f"dlq_{k}": v for k, v in details.items()})
 
         async def run() -> list[Any]:
-            async with self._raw.pipeline(transaction=True) as pipe:
+            async with self.raw.pipeline(transaction=True) as pipe:
                 pipe.xadd(dead_letter_stream, dead, maxlen=max_len, approximate=True)
-                pipe.xack(self._stream, self._group, entry_id)
+                pipe.xack(self.stream, self.group, entry_id)
                 return await pipe.execute()
 
-        new_id, _ = await self._acall("dead letter", run)
+        new_id, _ = await self.acall("dead letter", run)
         return decode_id(new_id)
 
     # -- failures remembered between deliveries ------------------------------
 
     def _error_key(self, entry_id: str) -> str:
-        return f"{self._stream}:lasterror:{self._group}:{entry_id}"
+        return f"{self.stream}:lasterror:{self.group}:{entry_id}"
 
     async def aset_last_error(self, entry_id: str, error: str, ttl_s: float) -> None:
         """Remember the last error of an entry for ``ttl_s`` seconds."""
         key = self._error_key(entry_id)
         ttl_ms = max(int(ttl_s * 1000), 1)
-        await self._acall("set", lambda: self._raw.set(key, error, px=ttl_ms))
+        await self.acall("set", lambda: self.raw.set(key, error, px=ttl_ms))
 
     async def aget_last_error(self, entry_id: str) -> str | None:
         """Return the last error remembered for an entry, if any."""
         key = self._error_key(entry_id)
-        value = await self._acall("get", lambda: self._raw.get(key))
+        value = await self.acall("get", lambda: self.raw.get(key))
         return None if value is None else decode_id(value)
 
     # -- consumers and groups ------------------------------------------------
@@ -213,10 +210,10 @@ class WorkerOps(TransportCore):
             The names removed. A consumer that owns pending entries is never
             removed, since removing it would drop those entries from the group.
         """
-        args = [self._group, min_idle_ms, "only" if only else "except", *names]
-        removed = await self._acall(
+        args = [self.group, min_idle_ms, "only" if only else "except", *names]
+        removed = await self.acall(
             "xgroup delconsumer",
-            lambda: self._delete_idle(keys=[self._stream], args=args),
+            lambda: self._delete_idle(keys=[self.stream], args=args),
             recreate=True,
         )
         return [decode_id(n) for n in removed]
@@ -227,9 +224,9 @@ class WorkerOps(TransportCore):
         ``idle`` is the time since the consumer last read or claimed something
         (Redis 7.2+ calls that ``inactive``; its ``idle`` counts failed reads too).
         """
-        rows = await self._acall(
+        rows = await self.acall(
             "xinfo consumers",
-            lambda: self._async.xinfo_consumers(self._stream, self._group),
+            lambda: self.aio.xinfo_consumers(self.stream, self.group),
             recreate=True,
         )
         return [
@@ -241,30 +238,15 @@ class WorkerOps(TransportCore):
             for r in rows
         ]
 
-    async def agroup_info(self) -> dict[str, Any] | None:
-        """Return XINFO GROUPS for this group (``lag`` may be None), or None."""
-        try:
-            rows = await self._acall(
-                "xinfo groups", lambda: self._async.xinfo_groups(self._stream)
-            )
-        except errors.TransportError as exc:
-            if "no such key" in str(exc):
-                return None
-            raise
-        for row in rows:
-            if decode_id(row["name"]) == self._group:
-                return dict(row)
-        return None
-
     # -- consumer-name leases --------------------------------------------------
 
     def lease_key(self, name: str) -> str:
         """The key of the lease on a consumer-name base in this group."""
-        return f"{self._stream}:owner:{self._group}:{name}"
+        return f"{self.stream}:owner:{self.group}:{name}"
 
     async def aacquire_lease(self, name: str, token: str, ttl_ms: int) -> bool:
         """Take or extend the lease on ``name``; False when another holds it."""
-        held = await self._acall(
+        held = await self.acall(
             "lease",
             lambda: self._lease(keys=[self.lease_key(name)], args=[token, ttl_ms]),
         )
@@ -272,11 +254,7 @@ class WorkerOps(TransportCore):
 
     async def arelease_lease(self, name: str, token: str) -> None:
         """Give the lease on ``name`` up, if ``token`` still holds it."""
-        await self._acall(
+        await self.acall(
             "lease",
             lambda: self._release(keys=[self.lease_key(name)], args=[token]),
         )
-
-    async def aping(self) -> None:
-        """Check that Redis answers; raise a ``TransportError`` if not."""
-        await self._acall("ping", self._async.ping)

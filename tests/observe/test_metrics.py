@@ -18,18 +18,19 @@ import redis.asyncio as aioredis
 
 from agentstream import App, Event, RedisStreamTransport, Settings, __version__
 from agentstream.config import RedisSettings
-from agentstream.health import Health, Heartbeat, check_loops
-from agentstream.metrics import (
+from agentstream.errors import StartupError
+from agentstream.observe.counts import FAILED, MAX_TYPES, OK, SweepResult, Tally
+from agentstream.observe.health import Health, Heartbeat, check_loops
+from agentstream.observe.metrics import (
     CollectorRegistry,
     GroupStats,
     Metrics,
-    collect_group_stats,
     start_server,
 )
-from agentstream.pool import pool_from_settings
-from agentstream.reaper import SweepResult
-from agentstream.supervisor import StartupError, Supervisor
-from agentstream.tally import FAILED, MAX_TYPES, OK, Tally
+from agentstream.transport.pool import pool_from_settings
+from agentstream.transport.worker_ops import WorkerOps
+from agentstream.worker.group_stats import collect_group_stats
+from agentstream.worker.supervisor import Supervisor
 from redis_server import RedisServerFactory, await_for
 
 N_EVENTS = 20
@@ -196,7 +197,7 @@ class TestGroupStats:
             RedisSettings(url=redis_url), socket_timeout_s=5.0, max_connections=4
         )
         try:
-            transport = await RedisStreamTransport.aopen(stream_name, pool=pool)
+            transport = await WorkerOps.aopen(stream_name, pool=pool)
             minute_ago_ms = int(time.time() * 1000) - 60_000
             await client.xadd(stream_name, {"n": "0"}, id=f"{minute_ago_ms}-0")
             for n in range(1, 4):

@@ -17,10 +17,7 @@ from prometheus_client import make_wsgi_app as _make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
 from agentstream._version import __version__
-from agentstream.errors import TransportError
-from agentstream.reaper import SweepResult
-from agentstream.tally import BUCKETS_S, OUTCOMES, Tally
-from agentstream.transport import RedisStreamTransport
+from agentstream.observe.counts import BUCKETS_S, OUTCOMES, SweepResult, Tally
 
 __all__ = [
     "OUTCOMES",
@@ -28,7 +25,6 @@ __all__ = [
     "GroupStats",
     "Metrics",
     "MetricsServer",
-    "collect_group_stats",
     "start_server",
 ]
 
@@ -224,42 +220,6 @@ def _add_buckets(child: Histogram, buckets: list[int], total: float) -> None:
         if n:
             value.inc(n)
     child._sum.inc(total)
-
-
-async def collect_group_stats(
-    transport: RedisStreamTransport, dead_letter_key: str
-) -> GroupStats:
-    """Read one group's backlog from Redis (XINFO GROUPS, XPENDING, XLEN).
-
-    Raises:
-        TransportError: Redis failed, or the group does not exist.
-    """
-    info = await transport.agroup_info()
-    if info is None:
-        raise TransportError(
-            f"consumer group {transport.consumer_group!r} of stream "
-            f"{transport.stream_name!r} does not exist"
-        )
-    summary = await transport.apending()
-    length = await transport.alength()
-    dead = await transport.alength(dead_letter_key)
-    lag = info.get("lag")  # missing before Redis 7, None when Redis cannot tell
-    return GroupStats(
-        length=length,
-        lag=None if lag is None else int(lag),
-        pending=int(info["pending"]),
-        oldest_pending_age_s=_age_s(summary["min_id"], time.time()),
-        consumers=int(info["consumers"]),
-        dead_letter_length=dead,
-    )
-
-
-def _age_s(entry_id: bytes | str | None, now_s: float) -> float:
-    """Seconds since the time in an entry id's millisecond part; 0 for none."""
-    if not entry_id:
-        return 0.0
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    return max(now_s - int(text.partition("-")[0]) / 1000, 0.0)
 
 
 # -- exposition server -------------------------------------------------------

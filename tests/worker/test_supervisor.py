@@ -11,10 +11,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from agentstream import App, Event, RedisStreamTransport, Settings
-from agentstream.consumer import RETRY_CONSUMER
-from agentstream.pool import pool_from_settings
-from agentstream.reaper import Reaper
-from agentstream.supervisor import Supervisor
+from agentstream.transport.pool import pool_from_settings
+from agentstream.transport.worker_ops import WorkerOps
+from agentstream.worker.consumer import RETRY_CONSUMER
+from agentstream.worker.reaper import Reaper
+from agentstream.worker.supervisor import Supervisor
 from redis_server import await_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
@@ -197,7 +198,7 @@ class TestReaperSweep:
         settings = make_settings(redis_url, stream_name)
         supervisor = Supervisor(settings, App(), handle_signals=False)
         pool = pool_from_settings(settings.redis, socket_timeout_s=5, max_connections=4)
-        transport = await RedisStreamTransport.aopen(stream_name, pool=pool)
+        transport = await WorkerOps.aopen(stream_name, pool=pool)
         consumer = supervisor._consumer(
             "reaper", settings.subscriptions[0], transport, anyio.CapacityLimiter(1)
         )
@@ -250,7 +251,7 @@ class TestReaperSweep:
         producer.close()
 
 
-async def _idle_at_least(t: RedisStreamTransport, entry_id: str, ms: int) -> bool:
+async def _idle_at_least(t: RedisStreamTransport | WorkerOps, entry_id: str, ms: int) -> bool:
     [entry] = await t.apending_range(1, start=entry_id, end=entry_id)
     return entry.idle_ms >= ms
 

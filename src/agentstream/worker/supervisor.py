@@ -15,75 +15,31 @@ import structlog
 
 from agentstream.app import App
 from agentstream.config import Settings, SubscriptionSettings
-from agentstream.consumer import Consumer, describe_error
-from agentstream.errors import AuthenticationError, PermissionDenied, TransportError
-from agentstream.metrics import (
+from agentstream.errors import (
+    AuthenticationError,
+    PermissionDenied,
+    StartupError,
+    TransportError,
+)
+from agentstream.observe.metrics import (
     CollectorRegistry,
     MetricsServer,
 )
-from agentstream.monitor import Monitor
-from agentstream.names import NameLease, NamesExhausted
-from agentstream.pool import RedisConnectionPool, pool_from_settings
-from agentstream.reaper import Reaper, SweepResult
-from agentstream.transport import RedisStreamTransport
+from agentstream.transport.pool import RedisConnectionPool, pool_from_settings
+from agentstream.transport.worker_ops import WorkerOps
+from agentstream.worker.consumer import Consumer, describe_error
+from agentstream.worker.monitor import Monitor
+from agentstream.worker.names import NameLease, NamesExhausted
+from agentstream.worker.reaper import Reaper, SweepResult
+from agentstream.worker.redis_state import RedisState
 
-__all__ = ["RedisState", "StartupError", "Supervisor"]
+__all__ = ["Supervisor"]
 
 log = structlog.get_logger("agentstream.supervisor")
 
 _MAX_BACKOFF_S = 30.0
 # A loop that ran this long before failing starts its backoff from scratch.
 _HEALTHY_RUN_S = 60.0
-
-
-class StartupError(Exception):
-    """The worker cannot start and retrying will not help (credentials, ACL)."""
-
-
-class RedisState:
-    """Whether Redis answers; logs once per change of state, not per failure."""
-
-    def __init__(self) -> None:
-        self.up = True
-        self.denial: str | None = None
-        self.denied_at = 0.0
-        self.errors: dict[str, int] = {}
-        self.reconnects = 0
-
-    def failed(self, exc: BaseException) -> None:
-        """Record a failed Redis call."""
-        operation = getattr(exc, "operation", "other")
-        self.errors[operation] = self.errors.get(operation, 0) + 1
-        if self.up:
-            self.up = False
-            log.error("redis_unavailable", error=describe_error(exc))
-
-    def denied(self, exc: PermissionDenied) -> None:
-        """Record a command the ACL refused (logged once per message)."""
-        self.errors[exc.operation] = self.errors.get(exc.operation, 0) + 1
-        if self.denial != str(exc):
-            log.error("redis_permission_denied", error=describe_error(exc))
-        self.denial = str(exc)
-        self.denied_at = time.monotonic()
-
-    def recent_denial(self, within_s: float = 60.0) -> str | None:
-        """The last ACL refusal if it happened within ``within_s``."""
-        if self.denial is None or time.monotonic() - self.denied_at > within_s:
-            return None
-        return self.denial
-
-    def answered(self) -> None:
-        """Record a successful Redis call."""
-        if not self.up:
-            self.up = True
-            self.reconnects += 1
-            log.info("redis_available")
-
-    def take(self) -> tuple[dict[str, int], int]:
-        """Errors by operation and reconnects since the last call."""
-        errors, self.errors = self.errors, {}
-        reconnects, self.reconnects = self.reconnects, 0
-        return errors, reconnects
 
 
 def unwrap(exc: BaseException) -> BaseException:
@@ -264,14 +220,12 @@ class Supervisor:
 
     # -- startup -------------------------------------------------------------
 
-    async def _open(
-        self, pool: RedisConnectionPool
-    ) -> list[RedisStreamTransport] | None:
+    async def _open(self, pool: RedisConnectionPool) -> list[WorkerOps] | None:
         delay = 0.1
         while not self._stopping.is_set():
             try:
                 transports = [
-                    await RedisStreamTransport.aopen(
+                    await WorkerOps.aopen(
                         sub.stream, consumer_group=sub.group, pool=pool
                     )
                     for sub in self.settings.subscriptions
@@ -289,7 +243,7 @@ class Supervisor:
         return None
 
     def _start_loops(
-        self, tg: anyio.abc.TaskGroup, transports: list[RedisStreamTransport]
+        self, tg: anyio.abc.TaskGroup, transports: list[WorkerOps]
     ) -> None:
         limiter = anyio.CapacityLimiter(self.settings.sync_threads)
         subs: list[SubscriptionSettings] = list(self.settings.subscriptions)
@@ -310,7 +264,7 @@ class Supervisor:
         self,
         index: int | str,
         sub: SubscriptionSettings,
-        transport: RedisStreamTransport,
+        transport: WorkerOps,
         limiter: anyio.CapacityLimiter,
     ) -> Consumer:
         consumer = Consumer(
@@ -393,7 +347,7 @@ class Supervisor:
 
     async def _remove_own_consumers(self) -> None:
         names = [c.name for c in self.consumers]
-        by_stream: dict[str, RedisStreamTransport] = {
+        by_stream: dict[str, WorkerOps] = {
             c.transport.stream_name + "\0" + c.transport.consumer_group: c.transport
             for c in self.consumers
         }

@@ -2,38 +2,60 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import anyio
 import structlog
 
-from agentstream.consumer import describe_error
-from agentstream.errors import TransportError
-from agentstream.health import Health, Heartbeat, check_loops
-from agentstream.metrics import (
+from agentstream.config import Settings
+from agentstream.errors import StartupError, TransportError
+from agentstream.observe.counts import SweepResult
+from agentstream.observe.health import Health, Heartbeat, check_loops
+from agentstream.observe.metrics import (
     CollectorRegistry,
     Metrics,
     MetricsServer,
-    collect_group_stats,
     start_server,
 )
-from agentstream.reaper import Reaper, SweepResult
-from agentstream.systemd import SystemdNotifier
-from agentstream.transport import RedisStreamTransport
+from agentstream.observe.systemd import SystemdNotifier
+from agentstream.transport.worker_ops import WorkerOps
+from agentstream.worker.consumer import Consumer, describe_error
+from agentstream.worker.group_stats import collect_group_stats
+from agentstream.worker.reaper import Reaper
+from agentstream.worker.redis_state import RedisState
 
-if TYPE_CHECKING:
-    from agentstream.supervisor import Supervisor
-
-__all__ = ["Monitor"]
+__all__ = ["Monitor", "Watched"]
 
 log = structlog.get_logger("agentstream.monitor")
 
 
-class Monitor:
-    """Watches a ``Supervisor`` and reports on it; never changes what it does."""
+class Watched(Protocol):
+    """What the monitor reads of a worker process (the ``Supervisor``)."""
 
-    def __init__(self, supervisor: Supervisor, registry: CollectorRegistry) -> None:
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def parent_pid(self) -> int | None: ...
+    @property
+    def stopping(self) -> bool: ...
+    @property
+    def consumers(self) -> Sequence[Consumer]: ...
+    @property
+    def reapers(self) -> Sequence[Reaper]: ...
+    @property
+    def restarts(self) -> int: ...
+    @property
+    def redis(self) -> RedisState: ...
+    @property
+    def loop_since(self) -> dict[str, float | None]: ...
+
+
+class Monitor:
+    """Watches a worker process and reports on it; never changes what it does."""
+
+    def __init__(self, supervisor: Watched, registry: CollectorRegistry) -> None:
         self._sup = supervisor
         self.registry = registry
         self.metrics = Metrics(registry)
@@ -50,8 +72,6 @@ class Monitor:
         Raises:
             StartupError: the port cannot be bound.
         """
-        from agentstream.supervisor import StartupError
-
         conf = self._sup.settings.metrics
         if not conf.enabled or self._sup.parent_pid is not None:
             # A child of a multi-process parent: the parent serves the sum of
@@ -86,7 +106,7 @@ class Monitor:
             transport.stream_name, transport.consumer_group, result
         )
 
-    async def report(self, transports: list[RedisStreamTransport]) -> None:
+    async def report(self, transports: list[WorkerOps]) -> None:
         """Every ``reaper.interval_s``: counts, then each group's backlog."""
         subs = list(self._sup.settings.subscriptions)
         while True:

@@ -16,15 +16,16 @@ import anyio.abc
 import structlog
 
 from agentstream.config import Settings
-from agentstream.health import Health, Heartbeat
-from agentstream.metrics import (
+from agentstream.errors import StartupError
+from agentstream.observe.health import Health, Heartbeat
+from agentstream.observe.metrics import (
     MULTIPROC_ENV,
     mark_process_dead,
     multiprocess_registry,
     start_server,
 )
-from agentstream.supervisor import StartupError, jittered
-from agentstream.systemd import SystemdNotifier
+from agentstream.observe.systemd import SystemdNotifier
+from agentstream.worker.supervisor import jittered
 
 __all__ = ["run_processes"]
 

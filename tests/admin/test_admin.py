@@ -17,6 +17,8 @@ import redis
 
 from agentstream import RedisConnectionPool, RedisStreamTransport
 from agentstream.admin import run_admin
+from agentstream.transport.admin_ops import AdminOps
+from agentstream.transport.worker_ops import WorkerOps
 from redis_server import RedisServerFactory, free_port
 
 pytestmark = pytest.mark.redis
@@ -75,8 +77,10 @@ def dead_letter(
     async def run() -> str:
         pool = RedisConnectionPool(url, decode_responses=False)
         try:
-            t = await RedisStreamTransport.aopen(stream, pool=pool)
-            [(_, fields)] = await t.arange_raw(None, entry_id, entry_id)
+            t = await WorkerOps.aopen(stream, pool=pool)
+            [(_, fields)] = await AdminOps.attach(stream, pool=pool).arange_raw(
+                None, entry_id, entry_id
+            )
             details = {
                 "reason": reason,
                 "error": error,

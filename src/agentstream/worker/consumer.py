@@ -12,12 +12,11 @@ import anyio
 import structlog
 from anyio.streams.memory import MemoryObjectSendStream
 
-from agentstream._transport_core import to_text
 from agentstream.app import App
 from agentstream.config import Settings, SubscriptionSettings
 from agentstream.errors import DeadLetter, Retry
 from agentstream.event import Event, decode_event
-from agentstream.tally import (
+from agentstream.observe.counts import (
     DEAD_LETTER,
     FAILED,
     LOST,
@@ -29,7 +28,8 @@ from agentstream.tally import (
     UNKNOWN_TYPE,
     Tally,
 )
-from agentstream.transport import RawEntry, RawFields, RedisStreamTransport
+from agentstream.transport.core import RawEntry, RawFields, to_text
+from agentstream.transport.worker_ops import WorkerOps
 
 __all__ = ["RETRY_CONSUMER", "Consumer"]
 
@@ -69,7 +69,7 @@ class Consumer:
     def __init__(
         self,
         name: str,
-        transport: RedisStreamTransport,
+        transport: WorkerOps,
         app: App,
         subscription: SubscriptionSettings,
         settings: Settings,

@@ -14,6 +14,7 @@ import redis
 
 import agentstream
 from agentstream import RedisConnectionPool, RedisStreamTransport, errors
+from agentstream.transport.worker_ops import WorkerOps
 from redis_server import RedisServer, await_for, free_port, wait_for
 
 pytestmark = pytest.mark.redis
@@ -42,6 +43,16 @@ async def _atransport(
     t = await RedisStreamTransport.aopen(stream_name, pool=pool)
     yield t
     await t.adelete()
+    await pool.aclose()
+
+
+@pytest.fixture(name="ops")
+async def _ops(
+    redis_url: str, atransport: RedisStreamTransport
+) -> AsyncIterator[WorkerOps]:
+    """The worker's operations on the same stream and group as ``atransport``."""
+    pool = RedisConnectionPool(redis_url, decode_responses=True)
+    yield WorkerOps.attach(atransport.stream_name, pool=pool)
     await pool.aclose()
 
 
@@ -364,14 +375,14 @@ class TestAsync:
         assert await atransport.adelete() is True
 
     async def test_claim_entries_reports_counts_and_lost(
-        self, atransport: RedisStreamTransport
+        self, atransport: RedisStreamTransport, ops: WorkerOps
     ) -> None:
         """aclaim_entries returns delivery counts and acks entries whose data is gone."""
         kept = await atransport.apublish("t", {"k": 1})
         gone = await atransport.apublish("t", {"k": 2})
         await atransport.aread_group("dead", count=10)
-        await atransport._async.xdel(atransport.stream_name, gone)
-        result = await atransport.aclaim_entries("alive", 0, [kept, gone, "1-0"])
+        await ops.aio.xdel(atransport.stream_name, gone)
+        result = await ops.aclaim_entries("alive", 0, [kept, gone, "1-0"])
         assert [(e.id, e.delivery_count) for e in result.entries] == [(kept, 2)]
         assert result.entries[0].fields is not None
         assert json.loads(result.entries[0].fields[b"data"]) == {"k": 1}
@@ -379,18 +390,18 @@ class TestAsync:
         assert (await atransport.apending())["consumers"] == {"alive": 1}
 
     async def test_claim_entries_honours_min_idle(
-        self, atransport: RedisStreamTransport
+        self, atransport: RedisStreamTransport, ops: WorkerOps
     ) -> None:
         """An entry idle for less than min_idle_ms is not claimed."""
         entry_id = await atransport.apublish("t", {})
         await atransport.aread_group("owner")
-        result = await atransport.aclaim_entries("thief", 60_000, [entry_id])
+        result = await ops.aclaim_entries("thief", 60_000, [entry_id])
         assert result.entries == [] and result.lost == []
         [p] = await atransport.apending_range(1)
         assert p.consumer == "owner"
 
     async def test_renew_resets_idle_and_never_steals(
-        self, atransport: RedisStreamTransport
+        self, atransport: RedisStreamTransport, ops: WorkerOps
     ) -> None:
         """arenew keeps the owner's lease fresh and skips entries owned by others."""
         mine = await atransport.apublish("t", {})
@@ -400,7 +411,7 @@ class TestAsync:
         await await_for(
             lambda: _all_idle(atransport, 100), timeout=5, message="never idle"
         )
-        assert await atransport.arenew("me", [mine, theirs]) == ([mine], [])
+        assert await ops.arenew("me", [mine, theirs]) == ([mine], [])
         by_id = {p.id: p for p in await atransport.apending_range(10)}
         assert by_id[mine].idle_ms < 100
         assert by_id[mine].delivery_count == 1
@@ -408,50 +419,48 @@ class TestAsync:
         assert by_id[theirs].idle_ms >= 100
 
     async def test_own_pending_reread_reports_lost_entries(
-        self, atransport: RedisStreamTransport
+        self, atransport: RedisStreamTransport, ops: WorkerOps
     ) -> None:
         """Re-reading own pending entries shows trimmed ones with no fields."""
         a = await atransport.apublish("t", {"n": 1})
         b = await atransport.apublish("t", {"n": 2})
         await atransport.aread_group("c", count=10)
-        await atransport._async.xdel(atransport.stream_name, a)
-        entries = await atransport.aread_own_pending("c", 10)
+        await ops.aio.xdel(atransport.stream_name, a)
+        entries = await ops.aread_own_pending("c", 10)
         assert [(e.id, e.fields is None, e.delivery_count) for e in entries] == [
             (a, True, 1),
             (b, False, 2),
         ]
 
     async def test_dead_letter_is_atomic_with_ack(
-        self, atransport: RedisStreamTransport
+        self, atransport: RedisStreamTransport, ops: WorkerOps
     ) -> None:
         """adead_letter copies the entry with its details and acknowledges it."""
         entry_id = await atransport.apublish("t", {"x": 1})
-        [(raw_id, fields)] = await atransport.aread_batch("c", 10, None)
+        [(raw_id, fields)] = await ops.aread_batch("c", 10, None)
         dlq = atransport.stream_name + ":dlq"
-        await atransport.adead_letter(
+        await ops.adead_letter(
             entry_id, fields, dlq, {"reason": "boom", "error": "E"}, 100
         )
-        rows: Any = await atransport._async.xrange(dlq)
+        rows: Any = await ops.aio.xrange(dlq)
         [(_, dead)] = rows
         assert dead["type"] == "t"
         assert dead["dlq_id"] == entry_id == raw_id.decode()
         assert dead["dlq_reason"] == "boom"
         assert dead["dlq_stream"] == atransport.stream_name
         assert (await atransport.apending())["count"] == 0
-        await atransport._async.delete(dlq)
+        await ops.aio.delete(dlq)
 
     async def test_idle_consumers_with_pending_are_never_removed(
-        self, atransport: RedisStreamTransport
+        self, atransport: RedisStreamTransport, ops: WorkerOps
     ) -> None:
         """Only consumers with nothing pending are removed."""
         await atransport.apublish("t", {})
         await atransport.aread_group("busy")
-        await atransport._async.xgroup_createconsumer(
-            atransport.stream_name, "agents", "empty"
-        )
-        removed = await atransport.adelete_idle_consumers(0)
+        await ops.aio.xgroup_createconsumer(atransport.stream_name, "agents", "empty")
+        removed = await ops.adelete_idle_consumers(0)
         assert removed == ["empty"]
-        assert [c["name"] for c in await atransport.aconsumers()] == ["busy"]
+        assert [c["name"] for c in await ops.aconsumers()] == ["busy"]
 
     async def test_subscribe_yields_new_events(
         self, atransport: RedisStreamTransport

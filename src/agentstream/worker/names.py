@@ -9,7 +9,7 @@ import anyio
 import structlog
 
 from agentstream.errors import TransportError
-from agentstream.transport import RedisStreamTransport
+from agentstream.transport.worker_ops import WorkerOps
 
 __all__ = ["NameLease", "NamesExhausted"]
 
@@ -36,7 +36,7 @@ class NameLease:
 
     def __init__(
         self,
-        transports: Sequence[RedisStreamTransport],
+        transports: Sequence[WorkerOps],
         base: str,
         ttl_s: float = LEASE_TTL_S,
     ) -> None:
@@ -68,7 +68,7 @@ class NameLease:
         )
 
     async def _take(self, candidate: str) -> bool:
-        held: list[RedisStreamTransport] = []
+        held: list[WorkerOps] = []
         for transport in self._transports:
             if not await transport.aacquire_lease(candidate, self._token, self._ttl_ms):
                 for other in held:

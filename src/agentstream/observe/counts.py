@@ -1,4 +1,6 @@
-"""Tally: per-batch counts and latency buckets, cheap enough for the hot path.
+"""What the worker counts for the instruments: per-batch tallies and sweeps.
+
+Tally: per-batch counts and latency buckets, cheap enough for the hot path.
 
 Consumers add to plain lists here for every event; the metrics reporter takes
 the totals every few seconds, so no Prometheus call happens per event.
@@ -7,8 +9,9 @@ the totals every few seconds, so no Prometheus call happens per event.
 from __future__ import annotations
 
 from bisect import bisect_left
+from dataclasses import dataclass, field
 
-__all__ = ["BUCKETS_S", "OUTCOMES", "Tally", "TypeTally"]
+__all__ = ["BUCKETS_S", "OUTCOMES", "SweepResult", "Tally", "TypeTally"]
 
 #: The ``outcome`` label values of ``agentstream_events_total``.
 OUTCOMES = (
@@ -101,3 +104,16 @@ class Tally:
             {},
         )
         return taken
+
+
+@dataclass(slots=True)
+class SweepResult:
+    """What one sweep found and did."""
+
+    scanned: int = 0
+    claimed: int = 0
+    dead_lettered: int = 0
+    lost: int = 0
+    waiting: int = 0
+    removed_consumers: list[str] = field(default_factory=list)
+    duration_s: float = 0.0

@@ -6,7 +6,7 @@ import os
 import socket
 from pathlib import Path
 
-from agentstream.systemd import SystemdNotifier
+from agentstream.observe.systemd import SystemdNotifier
 
 
 def test_disabled_without_notify_socket() -> None:

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
 
 import anyio
 import structlog
 
 from agentstream.config import ReaperSettings
-from agentstream.consumer import RETRY_CONSUMER, Consumer
 from agentstream.event import event_type
-from agentstream.tally import DEAD_LETTER
-from agentstream.transport import PendingEntry
+from agentstream.observe.counts import DEAD_LETTER, SweepResult
+from agentstream.transport.core import PendingEntry
+from agentstream.worker.consumer import RETRY_CONSUMER, Consumer
 
-__all__ = ["Reaper", "SweepResult", "backoff_ms"]
+__all__ = ["Reaper", "backoff_ms"]
 
 log = structlog.get_logger("agentstream.reaper")
 
@@ -24,19 +23,6 @@ def backoff_ms(settings: ReaperSettings, delivery_count: int) -> int:
     """Idle time an entry needs before its next delivery: doubling, capped."""
     exponent = min(max(delivery_count - 1, 0), 40)
     return int(min(settings.min_idle_ms * 2**exponent, settings.max_backoff_ms))
-
-
-@dataclass(slots=True)
-class SweepResult:
-    """What one sweep found and did."""
-
-    scanned: int = 0
-    claimed: int = 0
-    dead_lettered: int = 0
-    lost: int = 0
-    waiting: int = 0
-    removed_consumers: list[str] = field(default_factory=list)
-    duration_s: float = 0.0
 
 
 class Reaper:

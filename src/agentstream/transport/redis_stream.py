@@ -11,18 +11,18 @@ from contextlib import aclosing
 from typing import Any
 
 from agentstream import errors
-from agentstream._admin_ops import AdminOps
-from agentstream._transport_core import (
+from agentstream.event import encode_fields, parse_lenient
+from agentstream.transport.core import (
     ClaimResult,
     PendingEntry,
     RawEntry,
     RawFields,
+    StreamCore,
     decode_id,
+    pending_entries,
     pending_summary,
 )
-from agentstream._worker_ops import WorkerOps
-from agentstream.event import encode_fields, parse_lenient
-from agentstream.pool import RedisConnectionPool
+from agentstream.transport.pool import RedisConnectionPool
 
 __all__ = [
     "ClaimResult",
@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 
-class RedisStreamTransport(WorkerOps, AdminOps):
+class RedisStreamTransport:
     """Redis Streams-based event transport for token streaming.
 
     Provides reliable, replayable event streaming using Redis Streams, with a
@@ -66,8 +66,8 @@ class RedisStreamTransport(WorkerOps, AdminOps):
         max_len: int = 10000,
         pool: RedisConnectionPool | None = None,
     ) -> None:
-        self._setup(stream_name, redis_url, consumer_group, max_len, pool)
-        self.ensure_group()
+        self._core = StreamCore(stream_name, redis_url, consumer_group, max_len, pool)
+        self._core.ensure_group()
 
     @classmethod
     async def aopen(
@@ -79,11 +79,43 @@ class RedisStreamTransport(WorkerOps, AdminOps):
         pool: RedisConnectionPool,
     ) -> RedisStreamTransport:
         """Create a transport from async code without blocking the event loop."""
-        self = cls.attach(
+        self = cls.__new__(cls)
+        self._core = await StreamCore.aopen(
             stream_name, consumer_group=consumer_group, max_len=max_len, pool=pool
         )
-        await self.aensure_group()
         return self
+
+    @property
+    def stream_name(self) -> str:
+        """Name of the Redis Stream."""
+        return self._core.stream
+
+    @property
+    def consumer_group(self) -> str:
+        """Consumer group name."""
+        return self._core.group
+
+    @property
+    def location(self) -> str:
+        """Where the transport connects (``host:port`` or a socket path)."""
+        return self._core.location
+
+    @property
+    def max_len(self) -> int:
+        """Approximate maximum stream length that ``publish`` trims to."""
+        return self._core.max_len
+
+    @max_len.setter
+    def max_len(self, value: int) -> None:
+        self._core.max_len = value
+
+    def ensure_group(self) -> None:
+        """Create the consumer group at id 0 (and the stream) when missing."""
+        self._core.ensure_group()
+
+    async def aensure_group(self) -> None:
+        """Async version of ``ensure_group()``."""
+        await self._core.aensure_group()
 
     # -- publish ---------------------------------------------------------------
 
@@ -100,10 +132,10 @@ class RedisStreamTransport(WorkerOps, AdminOps):
         """
         fields: dict[Any, Any] = encode_fields(event_type, data, metadata)
         return decode_id(
-            self._call(
+            self._core.call(
                 "xadd",
-                lambda: self._sync.xadd(
-                    self._stream, fields, maxlen=self.max_len, approximate=True
+                lambda: self._core.sync.xadd(
+                    self._core.stream, fields, maxlen=self.max_len, approximate=True
                 ),
             )
         )
@@ -115,23 +147,16 @@ class RedisStreamTransport(WorkerOps, AdminOps):
         metadata: dict[str, Any] | None = None,
     ) -> str:
         """Async version of publish() - publish an event to the stream."""
-        fields: dict[Any, Any] = encode_fields(event_type, data, metadata)
-        return decode_id(
-            await self._acall(
-                "xadd",
-                lambda: self._async.xadd(
-                    self._stream, fields, maxlen=self.max_len, approximate=True
-                ),
-            )
-        )
+        return await self._core.apublish(event_type, data, metadata)
 
     # -- reads -------------------------------------------------------------------
 
     def read_all(self, count: int = 100, start_id: str = "0") -> list[dict[str, Any]]:
         """Read up to ``count`` events from ``start_id`` on, inclusive (XRANGE)."""
         start = "-" if start_id == "0" else start_id
-        rows: Any = self._call(
-            "xrange", lambda: self._sync.xrange(self._stream, start, "+", count)
+        rows: Any = self._core.call(
+            "xrange",
+            lambda: self._core.sync.xrange(self._core.stream, start, "+", count),
         )
         return [parse_lenient(i, f) for i, f in rows]
 
@@ -140,8 +165,9 @@ class RedisStreamTransport(WorkerOps, AdminOps):
     ) -> list[dict[str, Any]]:
         """Async version of ``read_all()``."""
         start = "-" if start_id == "0" else start_id
-        rows: Any = await self._acall(
-            "xrange", lambda: self._async.xrange(self._stream, start, "+", count)
+        rows: Any = await self._core.acall(
+            "xrange",
+            lambda: self._core.aio.xrange(self._core.stream, start, "+", count),
         )
         return [parse_lenient(i, f) for i, f in rows]
 
@@ -161,16 +187,16 @@ class RedisStreamTransport(WorkerOps, AdminOps):
             start_id: ``">"`` for new events; ``"0"`` re-reads this consumer's own
                 pending events (those whose data is gone are left out).
         """
-        deadline = self._deadline(block_ms)
+        deadline = self._core.deadline(block_ms)
         while True:
-            rows = self._call(
+            rows = self._core.call(
                 "xreadgroup",
-                lambda: self._sync.xreadgroup(
-                    self._group,
+                lambda: self._core.sync.xreadgroup(
+                    self._core.group,
                     consumer,
-                    {self._stream: start_id},
+                    {self._core.stream: start_id},
                     count=count,
-                    block=self._block(block_ms),
+                    block=self._core.block(block_ms),
                 ),
                 recreate=True,
             )
@@ -186,16 +212,16 @@ class RedisStreamTransport(WorkerOps, AdminOps):
         start_id: str = ">",
     ) -> list[dict[str, Any]]:
         """Async version of ``read_group()``."""
-        deadline = self._deadline(block_ms)
+        deadline = self._core.deadline(block_ms)
         while True:
-            rows = await self._acall(
+            rows = await self._core.acall(
                 "xreadgroup",
-                lambda: self._async.xreadgroup(
-                    self._group,
+                lambda: self._core.aio.xreadgroup(
+                    self._core.group,
                     consumer,
-                    {self._stream: start_id},
+                    {self._core.stream: start_id},
                     count=count,
-                    block=self._block(block_ms),
+                    block=self._core.block(block_ms),
                 ),
                 recreate=True,
             )
@@ -210,24 +236,16 @@ class RedisStreamTransport(WorkerOps, AdminOps):
         if not ids:
             return 0
         return int(
-            self._call(
+            self._core.call(
                 "xack",
-                lambda: self._sync.xack(self._stream, self._group, *ids),
+                lambda: self._core.sync.xack(self._core.stream, self._core.group, *ids),
                 recreate=True,
             )
         )
 
     async def aack(self, ids: Sequence[str | bytes]) -> int:
         """Async version of ``ack()``."""
-        if not ids:
-            return 0
-        return int(
-            await self._acall(
-                "xack",
-                lambda: self._raw.xack(self._stream, self._group, *ids),
-                recreate=True,
-            )
-        )
+        return await self._core.aack(ids)
 
     def claim(
         self, consumer: str, min_idle_ms: int, ids: Sequence[str]
@@ -239,10 +257,10 @@ class RedisStreamTransport(WorkerOps, AdminOps):
         """
         if not ids:
             return []
-        rows: Any = self._call(
+        rows: Any = self._core.call(
             "xclaim",
-            lambda: self._sync.xclaim(
-                self._stream, self._group, consumer, min_idle_ms, list(ids)
+            lambda: self._core.sync.xclaim(
+                self._core.stream, self._core.group, consumer, min_idle_ms, list(ids)
             ),
             recreate=True,
         )
@@ -254,10 +272,10 @@ class RedisStreamTransport(WorkerOps, AdminOps):
         """Async version of ``claim()``."""
         if not ids:
             return []
-        rows: Any = await self._acall(
+        rows: Any = await self._core.acall(
             "xclaim",
-            lambda: self._async.xclaim(
-                self._stream, self._group, consumer, min_idle_ms, list(ids)
+            lambda: self._core.aio.xclaim(
+                self._core.stream, self._core.group, consumer, min_idle_ms, list(ids)
             ),
             recreate=True,
         )
@@ -271,21 +289,16 @@ class RedisStreamTransport(WorkerOps, AdminOps):
         Returns:
             ``{"count", "min_id", "max_id", "consumers": {name: count}}``.
         """
-        raw = self._call(
+        raw = self._core.call(
             "xpending",
-            lambda: self._sync.xpending(self._stream, self._group),
+            lambda: self._core.sync.xpending(self._core.stream, self._core.group),
             recreate=True,
         )
         return pending_summary(raw)
 
     async def apending(self) -> dict[str, Any]:
         """Async version of ``pending()``."""
-        raw = await self._acall(
-            "xpending",
-            lambda: self._async.xpending(self._stream, self._group),
-            recreate=True,
-        )
-        return pending_summary(raw)
+        return await self._core.apending()
 
     def pending_range(
         self,
@@ -296,14 +309,20 @@ class RedisStreamTransport(WorkerOps, AdminOps):
         end: str = "+",
     ) -> list[PendingEntry]:
         """List pending entries with owner, idle time and delivery count."""
-        raw = self._call(
+        raw = self._core.call(
             "xpending",
-            lambda: self._sync.xpending_range(
-                self._stream, self._group, start, end, count, consumer, min_idle_ms
+            lambda: self._core.sync.xpending_range(
+                self._core.stream,
+                self._core.group,
+                start,
+                end,
+                count,
+                consumer,
+                min_idle_ms,
             ),
             recreate=True,
         )
-        return _pending_entries(raw)
+        return pending_entries(raw)
 
     async def apending_range(
         self,
@@ -314,14 +333,7 @@ class RedisStreamTransport(WorkerOps, AdminOps):
         end: str = "+",
     ) -> list[PendingEntry]:
         """Async version of ``pending_range()``."""
-        raw = await self._acall(
-            "xpending",
-            lambda: self._raw.xpending_range(
-                self._stream, self._group, start, end, count, consumer, min_idle_ms
-            ),
-            recreate=True,
-        )
-        return _pending_entries(raw)
+        return await self._core.apending_range(count, min_idle_ms, consumer, start, end)
 
     # -- stream ----------------------------------------------------------------
 
@@ -333,7 +345,9 @@ class RedisStreamTransport(WorkerOps, AdminOps):
             event dicts or None. A stream that does not exist reports zeros.
         """
         try:
-            raw = self._call("xinfo", lambda: self._sync.xinfo_stream(self._stream))
+            raw = self._core.call(
+                "xinfo", lambda: self._core.sync.xinfo_stream(self._core.stream)
+            )
         except errors.TransportError as exc:
             if "no such key" not in str(exc):
                 raise
@@ -343,8 +357,8 @@ class RedisStreamTransport(WorkerOps, AdminOps):
     async def ainfo(self) -> dict[str, Any]:
         """Async version of ``info()``."""
         try:
-            raw = await self._acall(
-                "xinfo", lambda: self._async.xinfo_stream(self._stream)
+            raw = await self._core.acall(
+                "xinfo", lambda: self._core.aio.xinfo_stream(self._core.stream)
             )
         except errors.TransportError as exc:
             if "no such key" not in str(exc):
@@ -354,11 +368,17 @@ class RedisStreamTransport(WorkerOps, AdminOps):
 
     def delete(self) -> bool:
         """Delete the stream and all its data; True when it existed."""
-        return bool(self._call("del", lambda: self._sync.delete(self._stream)))
+        return bool(
+            self._core.call("del", lambda: self._core.sync.delete(self._core.stream))
+        )
 
     async def adelete(self) -> bool:
         """Async version of ``delete()``."""
-        return bool(await self._acall("del", lambda: self._async.delete(self._stream)))
+        return bool(
+            await self._core.acall(
+                "del", lambda: self._core.aio.delete(self._core.stream)
+            )
+        )
 
     # -- subscribe -------------------------------------------------------------
 
@@ -372,7 +392,7 @@ class RedisStreamTransport(WorkerOps, AdminOps):
         started at ``$``, after the stream's last id when it started), so nothing
         published during an outage is skipped.
         """
-        async with aclosing(self.asubscribe_raw(last_id, block_ms)) as entries:
+        async with aclosing(self._core.asubscribe_raw(last_id, block_ms)) as entries:
             async for entry_id, fields in entries:
                 text = {
                     k.decode(errors="replace"): v.decode(errors="replace")
@@ -384,18 +404,16 @@ class RedisStreamTransport(WorkerOps, AdminOps):
 
     def close(self) -> None:
         """Close the Redis connection (a shared pool stays open)."""
-        if self._owns_pool:
-            self._pool.close()
+        self._core.close()
 
     async def aclose(self) -> None:
         """Close the async and sync connections (a shared pool stays open)."""
-        if self._owns_pool:
-            await self._pool.aclose()
+        await self._core.aclose()
 
     def __repr__(self) -> str:
         return (
-            f"RedisStreamTransport(stream_name={self._stream!r}, "
-            f"consumer_group={self._group!r}, at={self._where!r})"
+            f"RedisStreamTransport(stream_name={self.stream_name!r}, "
+            f"consumer_group={self.consumer_group!r}, at={self.location!r})"
         )
 
 
@@ -407,18 +425,6 @@ def _lenient_rows(rows: Any) -> list[dict[str, Any]]:
     if not rows:
         return []
     return [parse_lenient(i, f) for i, f in rows[0][1] if f]
-
-
-def _pending_entries(raw: list[dict[str, Any]]) -> list[PendingEntry]:
-    return [
-        PendingEntry(
-            decode_id(p["message_id"]),
-            decode_id(p["consumer"]),
-            int(p["time_since_delivered"]),
-            int(p["times_delivered"]),
-        )
-        for p in raw
-    ]
 
 
 def _stream_info(raw: dict[str, Any]) -> dict[str, Any]:

@@ -3,61 +3,38 @@
 from __future__ import annotations
 
 from collections.abc import (
-    AsyncGenerator,
     Sequence,
 )
-from typing import Any, Self
-
-import anyio
+from typing import Any
 
 from agentstream import errors
-from agentstream._transport_core import (
+from agentstream.transport.core import (
     NoGroup,
     RawFields,
-    TransportCore,
+    StreamCore,
     decode_id,
     pending_summary,
     to_text,
 )
-from agentstream.pool import RedisConnectionPool
 
 __all__ = ["AdminOps"]
 
 
-class AdminOps(TransportCore):
-    """Inspection and dead-letter operations; they create no stream or group."""
-
-    async def alength(self, key: str | None = None) -> int:
-        """Return the number of entries (XLEN) of ``key``, or of this stream."""
-        name = self._stream if key is None else key
-        return int(await self._acall("xlen", lambda: self._raw.xlen(name)))
+class AdminOps(StreamCore):
+    """The operator's stream operations; they create no stream or group."""
 
     # -- operator commands (the `agentstream` CLI) -----------------------------
     # They create nothing: no stream, no group. Keys are arguments, so that one
     # transport can also inspect and edit its dead-letter stream.
 
-    @classmethod
-    def attach(
-        cls,
-        stream_name: str,
-        *,
-        consumer_group: str = "agents",
-        max_len: int = 10000,
-        pool: RedisConnectionPool,
-    ) -> Self:
-        """Create a transport on ``pool`` without creating its group or stream."""
-        self = cls.__new__(cls)
-        self._setup(stream_name, pool.redis_url, consumer_group, max_len, pool)
-        return self
-
     async def aexists(self, key: str | None = None) -> bool:
         """Return whether ``key`` (or this stream) exists."""
-        name = self._stream if key is None else key
-        return bool(await self._acall("exists", lambda: self._raw.exists(name)))
+        name = self.stream if key is None else key
+        return bool(await self.acall("exists", lambda: self.raw.exists(name)))
 
     async def aserver_time_ms(self) -> int:
         """Return the Redis server's clock (TIME) in Unix milliseconds."""
-        seconds, micros = await self._acall("time", self._raw.time)
+        seconds, micros = await self.acall("time", self.raw.time)
         return int(seconds) * 1000 + int(micros) // 1000
 
     async def apending_summary(self) -> dict[str, Any] | None:
@@ -67,8 +44,8 @@ class AdminOps(TransportCore):
         names are ``str`` (undecodable bytes replaced).
         """
         try:
-            raw = await self._acall(
-                "xpending", lambda: self._raw.xpending(self._stream, self._group)
+            raw = await self.acall(
+                "xpending", lambda: self.raw.xpending(self.stream, self.group)
             )
         except NoGroup:
             return None
@@ -88,9 +65,9 @@ class AdminOps(TransportCore):
         stream or the group does not exist.
         """
         try:
-            rows = await self._acall(
+            rows = await self.acall(
                 "xinfo consumers",
-                lambda: self._raw.xinfo_consumers(self._stream, self._group),
+                lambda: self.raw.xinfo_consumers(self.stream, self.group),
             )
         except NoGroup:
             return None
@@ -118,9 +95,9 @@ class AdminOps(TransportCore):
 
         ``start`` and ``end`` are inclusive unless prefixed with ``(``.
         """
-        name = self._stream if key is None else key
-        rows: Any = await self._acall(
-            "xrange", lambda: self._raw.xrange(name, start, end, count)
+        name = self.stream if key is None else key
+        rows: Any = await self.acall(
+            "xrange", lambda: self.raw.xrange(name, start, end, count)
         )
         return [(decode_id(i), dict(f)) for i, f in rows]
 
@@ -128,7 +105,7 @@ class AdminOps(TransportCore):
         """Delete entries from ``key`` (XDEL); returns how many existed."""
         if not ids:
             return 0
-        return int(await self._acall("xdel", lambda: self._raw.xdel(key, *ids)))
+        return int(await self.acall("xdel", lambda: self.raw.xdel(key, *ids)))
 
     async def amove_entries(
         self, source: str, moves: Sequence[tuple[str, str, RawFields]]
@@ -149,7 +126,7 @@ class AdminOps(TransportCore):
             return []
 
         async def run() -> list[Any]:
-            async with self._raw.pipeline(transaction=False) as pipe:
+            async with self.raw.pipeline(transaction=False) as pipe:
                 for entry_id, target, fields in moves:
                     args: list[Any] = [entry_id]
                     for name, value in fields.items():
@@ -157,52 +134,5 @@ class AdminOps(TransportCore):
                     await self._move(keys=[source, target], args=args, client=pipe)
                 return await pipe.execute()
 
-        results = await self._acall("xadd/xdel", run)
+        results = await self.acall("xadd/xdel", run)
         return [None if new_id is None else decode_id(new_id) for new_id in results]
-
-    async def asubscribe_raw(
-        self, last_id: str = "$", block_ms: int = 1000
-    ) -> AsyncGenerator[tuple[str, RawFields], None]:
-        """Like ``asubscribe()``, but yields undecoded ``(id, fields)`` pairs.
-
-        It reads through the bytes connection, so it works on any pool, and an
-        entry that is not UTF-8 reaches the caller as it is.
-        """
-        backoff = 0.1
-        while last_id == "$":
-            try:
-                last_id = await self.alast_generated_id()
-            except errors.ConnectionError:
-                await anyio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-        backoff = 0.1
-        while True:
-            try:
-                with self._errors("xread"):
-                    rows: Any = await self._raw.xread(
-                        {self._stream: last_id}, count=100, block=self._block(block_ms)
-                    )
-            except errors.ConnectionError:
-                await anyio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            backoff = 0.1
-            for entry_id, fields in rows[0][1] if rows else ():
-                last_id = decode_id(entry_id)
-                yield last_id, dict(fields)
-
-    async def alast_generated_id(self) -> str:
-        """Return the stream's last generated id (``"0-0"`` if there is no stream).
-
-        Reading after it (``asubscribe_raw(last_id)``) is reading from ``$``.
-        """
-        try:
-            with self._errors("xinfo"):
-                raw = await self._raw.xinfo_stream(self._stream)
-        except errors.ConnectionError:
-            raise
-        except errors.TransportError as exc:
-            if "no such key" not in str(exc):
-                raise
-            return "0-0"
-        return decode_id(raw["last-generated-id"])
