@@ -15,6 +15,7 @@ from agentstream.config import (
     RedisSettings,
     Settings,
     SubscriptionSettings,
+    env_names,
     load_settings,
     redact_url,
     redacted,
@@ -122,6 +123,33 @@ class TestLoadSettings:
 
         assert load_settings(None).consumers == 9
         assert load_settings(None, env={}).consumers == 4
+
+    @pytest.mark.parametrize(
+        ("name", "suggested"),
+        [
+            ("AGENTSTREAM_REDIS_URL", "AGENTSTREAM_REDIS__URL"),
+            ("AGENTSTREAM_REAPER_MIN_IDLE_MS", "AGENTSTREAM_REAPER__MIN_IDLE_MS"),
+            ("AGENTSTREAM_CONSUMER", "AGENTSTREAM_CONSUMERS"),
+            ("agentstream_metrics_port", "AGENTSTREAM_METRICS__PORT"),
+        ],
+    )
+    def test_env_name_that_matches_no_setting(self, name: str, suggested: str) -> None:
+        """An AGENTSTREAM_ variable no setting reads is refused, naming the likely one."""
+        with pytest.raises(ConfigError) as info:
+            load_settings(None, env={name: "redis://elsewhere:6379/0"})
+
+        message = str(info.value)
+        assert f"environment variable {name} matches no setting" in message
+        assert f"did you mean {suggested}?" in message
+        assert "elsewhere" not in message  # never the value: it may be a secret
+
+    def test_env_names_cover_every_setting(self) -> None:
+        """Each name env_names() lists is read by load_settings, and only those."""
+        names = env_names()
+        assert "AGENTSTREAM_REDIS__PASSWORD_FILE" in names
+        assert "AGENTSTREAM_SUBSCRIPTIONS" in names
+        assert load_settings(None, env={"AGENTSTREAM_LOG__LEVEL": "debug"})
+        assert load_settings(None, env={"OTHER_VAR": "x"}).consumers == 4
 
     def test_subscriptions_from_env_json(self) -> None:
         """A list-valued setting is read from the environment as JSON."""

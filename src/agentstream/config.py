@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
@@ -40,6 +41,7 @@ __all__ = [
     "RedisSettings",
     "Settings",
     "SubscriptionSettings",
+    "env_names",
     "load_settings",
     "redact_url",
     "redacted",
@@ -372,6 +374,7 @@ def load_settings(
     file = None if path is None else Path(path)
     if file is not None and not file.is_file():
         raise ConfigError(f"config file not found: {file}")
+    _check_env_names(os.environ if env is None else env)
     token = _REQUEST.set((file, env))
     try:
         return Settings()
@@ -390,6 +393,44 @@ def load_settings(
         raise ConfigError(f"{name}: cannot parse the environment value") from None
     finally:
         _REQUEST.reset(token)
+
+
+_ENV_PREFIX = "AGENTSTREAM_"
+
+
+def env_names() -> list[str]:
+    """Every environment variable name a setting reads, e.g. ``AGENTSTREAM_REDIS__URL``.
+
+    Returns:
+        The names in upper case: one per top-level setting, and one per field
+        of each section (``__`` between the section and the field).
+    """
+    names = []
+    for name, field in Settings.model_fields.items():
+        names.append(f"{_ENV_PREFIX}{name.upper()}")
+        section = field.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            names += [
+                f"{_ENV_PREFIX}{name.upper()}__{sub.upper()}"
+                for sub in section.model_fields
+            ]
+    return names
+
+
+def _check_env_names(env: Mapping[str, str]) -> None:
+    # pydantic-settings ignores an AGENTSTREAM_ variable that names no field
+    # (AGENTSTREAM_REDIS_URL, one underscore), leaving the default in force.
+    known = env_names()
+    for name in sorted(env):
+        upper = name.upper()
+        if not upper.startswith(_ENV_PREFIX) or upper in known:
+            continue
+        close = difflib.get_close_matches(upper, known, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise ConfigError(
+            f"environment variable {name} matches no setting{hint} "
+            "(AGENTSTREAM_ prefix, '__' between a section and its key)"
+        )
 
 
 def _describe(exc: ValidationError) -> str:

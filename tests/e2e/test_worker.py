@@ -673,15 +673,34 @@ class TestSignals:
         )
         signalled = time.monotonic()
         worker.terminate()
-        worker.wait(10)
+        status = worker.wait(10)
         elapsed = time.monotonic() - signalled
         assert elapsed < 2.0, f"second SIGTERM: exit took {elapsed:.2f}s"
+        assert status == 128 + signal.SIGTERM, worker.tail()  # forced: non-zero
         assert pending_count(e2e.client, e2e.stream) == 2
         assert e2e.recorder.handled() == {}
 
+        # The forced worker released its names: a restart takes them back at
+        # once and finishes its own pending entries.
         again = e2e.start(config)
         _wait(_all_handled(e2e, keys), 20, "handled by the next worker", again)
         _wait(_drained(e2e), 10, "group drained", again)
+        events = [r.get("event") for r in again.logs()]
+        assert "consumer_name_taken" not in events, again.tail()
+
+    def test_sighup_is_a_graceful_stop(self, e2e: E2E) -> None:
+        """SIGHUP is logged and drains like SIGTERM: in-flight handlers finish, exit 0."""
+        config = e2e.write_config({"consumers": 1, "batch_size": 1})
+        xadd_events(e2e.client, e2e.stream, "slow", [{"n": "a", "s": 1.0}])
+        worker = e2e.start(config)
+        _wait(_started(e2e, ["a"]), 20, "the slow handler running", worker)
+
+        worker.send_signal(signal.SIGHUP)
+        assert worker.wait(15) == EXIT_OK, worker.tail()
+        assert e2e.recorder.handled() == {"a": 1}
+        assert pending_count(e2e.client, e2e.stream) == 0
+        received = [r for r in worker.logs() if r.get("event") == "signal_received"]
+        assert [r["signal"] for r in received] == ["SIGHUP"], worker.tail()
 
     def test_ctrl_c_on_the_process_group_is_one_graceful_shutdown(
         self, e2e: E2E

@@ -307,9 +307,10 @@ def _environments(world: World, valid: bool) -> st.SearchStrategy[dict[str, str]
         "AGENTSTREAM_LOG__LEVEL": var(st.sampled_from(["debug", "error"])),
         "AGENTSTREAM_METRICS": var(st.just('{"port": 1}')),
         "AGENTSTREAM_SUBSCRIPTIONS": var(st.just('[{"stream": "s"}]')),
-        "AGENTSTREAM_NOT_A_SETTING": _ENV_VALUE,
     }
     if not valid:
+        # a name that matches no setting is refused, whatever its value
+        optional["AGENTSTREAM_NOT_A_SETTING"] = _ENV_VALUE
         # besides a password_file in the file, a conflict (and a secret to hide)
         optional["AGENTSTREAM_REDIS__PASSWORD"] = st.just(SECRET)
         optional["AGENTSTREAM_SUBSCRIPTIONS"] = _ENV_VALUE | st.sampled_from(

@@ -69,6 +69,16 @@ class ClaimResult:
     lost: list[str]
 
 
+# What Redis answers a client that has not authenticated: "NOAUTH
+# Authentication required." to a command, "NOAUTH HELLO must be called with the
+# client already authenticated ..." to redis-py's HELLO (RESP3).
+_NEEDS_AUTH = ("uthentication required", "already authenticated")
+
+
+def _needs_auth(text: str) -> bool:
+    return text.startswith("NOAUTH") or any(s in text for s in _NEEDS_AUTH)
+
+
 class NoGroup(errors.TransportError):
     """The stream or the group vanished under a command (NOGROUP)."""
 
@@ -178,7 +188,7 @@ class StreamCore:
         try:
             yield
         except rex.AuthenticationError as exc:
-            msg = f"Redis at {self._where} refused the credentials: {exc}"
+            msg = self._auth_message(str(exc))
             raise errors.AuthenticationError(self._scrub(msg), operation) from None
         except (rex.ConnectionError, rex.TimeoutError, OSError) as exc:
             msg = f"cannot reach Redis at {self._where} ({operation}): {exc}"
@@ -204,14 +214,24 @@ class StreamCore:
             if "NOPERM" in text:
                 msg = f"Redis at {self._where} denied {operation}: {text}"
                 raise errors.PermissionDenied(self._scrub(msg), operation) from None
-            if text.startswith(("WRONGPASS", "NOAUTH")):
-                msg = f"Redis at {self._where} refused the credentials: {text}"
+            if text.startswith("WRONGPASS") or _needs_auth(text):
+                msg = self._auth_message(text)
                 raise errors.AuthenticationError(self._scrub(msg), operation) from None
             msg = f"Redis at {self._where} rejected {operation}: {text}"
             raise errors.TransportError(self._scrub(msg), operation) from None
         except rex.RedisError as exc:
             msg = f"Redis error at {self._where} ({operation}): {exc}"
             raise errors.TransportError(self._scrub(msg), operation) from None
+
+    def _auth_message(self, text: str) -> str:
+        if not self._secrets and _needs_auth(text):
+            # Redis 6+ answers HELLO (or any command) this way without AUTH.
+            return (
+                f"Redis at {self._where} requires a password and none was given: "
+                "set redis.password_file (AGENTSTREAM_REDIS__PASSWORD_FILE), "
+                "redis.password, or a password in redis.url"
+            )
+        return f"Redis at {self._where} refused the credentials: {text}"
 
     def call(self, operation: str, fn: Callable[[], T], recreate: bool = False) -> T:
         try:

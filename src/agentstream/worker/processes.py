@@ -194,9 +194,13 @@ class _Parent:
                 process.send_signal(signum)
 
     async def watch_signals(self) -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        # SIGHUP stops gracefully, as in a single process (supervisor.py).
+        watched = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        with anyio.open_signal_receiver(*watched) as signals:
             async for signum in signals:
                 log.info("signal_received", signal=signal.Signals(signum).name)
+                if self.stopping.is_set():
+                    self.status = 128 + signum  # forced: exit non-zero
                 # A second signal reaches the children as their second: they
                 # stop at once.
                 self.stop()

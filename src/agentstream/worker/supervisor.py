@@ -40,6 +40,8 @@ log = structlog.get_logger("agentstream.supervisor")
 _MAX_BACKOFF_S = 30.0
 # A loop that ran this long before failing starts its backoff from scratch.
 _HEALTHY_RUN_S = 60.0
+# While waiting for Redis at start: a reminder this often after redis_unavailable.
+_REMIND_S = 30.0
 
 
 def unwrap(exc: BaseException) -> BaseException:
@@ -85,6 +87,7 @@ class Supervisor:
         self._parent_pid = parent_pid
         self._stopping = anyio.Event()
         self._forced = False
+        self._forced_by: int | None = None
         self._exit_status = 0
         self._force = anyio.Event()
         self._running = 0
@@ -127,10 +130,15 @@ class Supervisor:
         """The stable name of this process's consumer ``index``."""
         return f"{self._name_base}-{index}"
 
-    def stop(self, force: bool = False) -> None:
-        """Begin a graceful stop; a second call (or ``force``) stops at once."""
+    def stop(self, force: bool = False, signum: int | None = None) -> None:
+        """Begin a graceful stop; a second call (or ``force``) stops at once.
+
+        A forced stop makes ``run()`` return non-zero: ``128 + signum`` when a
+        signal forced it (130 for a second Ctrl-C, as shells report), else 1.
+        """
         if force or self._stopping.is_set():
             self._forced = True
+            self._forced_by = signum
             self._force.set()
         self._stopping.set()
 
@@ -204,13 +212,18 @@ class Supervisor:
                 tg.cancel_scope.cancel()
             if self.settings.metrics.enabled:
                 monitor.record_counts()  # the last interval's counts
-            if not self._forced and self.redis.up:
+            if self.redis.up:
                 # One short deadline for all cleanup, so that a stop during a
                 # network cut still ends well inside the service manager's limit.
+                # Forced, the consumers still hold entries: keep them, but free
+                # the names so that a restart takes them back at once.
                 with anyio.CancelScope(shield=True), anyio.move_on_after(3):
-                    await self._remove_own_consumers()
+                    if not self._forced:
+                        await self._remove_own_consumers()
                     await lease.release()
             log.info("worker_stopped", forced=self._forced)
+            if self._forced:
+                return 128 + self._forced_by if self._forced_by else 1
             return self._exit_status
         finally:
             with anyio.CancelScope(shield=True):
@@ -222,6 +235,8 @@ class Supervisor:
 
     async def _open(self, pool: RedisConnectionPool) -> list[WorkerOps] | None:
         delay = 0.1
+        waiting_since = time.monotonic()
+        reminded = waiting_since
         while not self._stopping.is_set():
             try:
                 transports = [
@@ -234,6 +249,21 @@ class Supervisor:
                 raise StartupError(str(exc)) from None
             except TransportError as exc:
                 self.redis.failed(exc)
+                now = time.monotonic()
+                if now - reminded >= _REMIND_S:
+                    reminded = now
+                    log.warning(
+                        "redis_still_unavailable",
+                        waited_s=round(now - waiting_since),
+                        error=describe_error(exc),
+                    )
+                # systemd counts start-up against TimeoutStartSec: ask for more
+                # time while waiting, so a slow Redis is no restart loop.
+                extend_us = int((_MAX_BACKOFF_S * 2) * 1_000_000)
+                self.monitor.systemd.notify(
+                    f"EXTEND_TIMEOUT_USEC={extend_us}",
+                    f"STATUS=waiting for Redis: {describe_error(exc)}",
+                )
                 with anyio.move_on_after(jittered(delay)):
                     await self._stopping.wait()
                 delay = min(delay * 2, _MAX_BACKOFF_S)
@@ -327,10 +357,14 @@ class Supervisor:
     # -- signals and shutdown ----------------------------------------------------
 
     async def _watch_signals(self) -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        # SIGHUP (a closed terminal, `systemctl kill -s HUP`) stops gracefully
+        # too: nothing here can be reloaded in place, and dying at once with
+        # 129 would skip the drain.
+        watched = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        with anyio.open_signal_receiver(*watched) as signals:
             async for signum in signals:
                 log.info("signal_received", signal=signal.Signals(signum).name)
-                self.stop()
+                self.stop(signum=signum)
 
     async def _watch_parent(self) -> None:
         # A child of a multi-process parent stops when the parent is gone
