@@ -295,7 +295,7 @@ def test_run_example_end_to_end(fresh_redis: RedisServer) -> None:
     # The second run's tool call lacks the tool's argument: one dead letter.
     client = redis.Redis.from_url(fresh_redis.url, decode_responses=True)
     try:
-        dead = client.xrange(f"{STREAM}:dlq")
+        dead: list[tuple[str, dict[str, str]]] = client.xrange(f"{STREAM}:dlq")  # type: ignore[assignment]
         pending = client.xpending(STREAM, "agents")["pending"]
     finally:
         client.close()
