@@ -371,6 +371,14 @@ class StreamCore:
         name = self.stream if key is None else key
         return int(await self.acall("xlen", lambda: self.raw.xlen(name)))
 
+    async def afirst_after(self, entry_id: str) -> str | None:
+        """The id of the first entry after ``entry_id`` (XRANGE, exclusive), or None."""
+        rows: Any = await self.acall(
+            "xrange",
+            lambda: self.raw.xrange(self.stream, min=f"({entry_id}", max="+", count=1),
+        )
+        return decode_id(rows[0][0]) if rows else None
+
     async def aping(self) -> None:
         """Check that Redis answers; raise a ``TransportError`` if not."""
         await self.acall("ping", self.aio.ping)

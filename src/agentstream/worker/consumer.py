@@ -30,6 +30,7 @@ from agentstream.observe.counts import (
 )
 from agentstream.transport.core import RawEntry, RawFields, to_text
 from agentstream.transport.worker_ops import WorkerOps
+from agentstream.worker.unhandled import warn_unhandled
 
 __all__ = ["RETRY_CONSUMER", "Consumer"]
 
@@ -88,6 +89,7 @@ class Consumer:
         self._settings = settings
         self._limiter = limiter
         self._unhandled_dead = settings.unhandled == "dead_letter"
+        self._settings_unhandled = settings.unhandled
         self._timeout_s = settings.handler_timeout_s
         self._ack_interval_s = settings.ack_interval_ms / 1000
         self._lease_interval_s = settings.reaper.min_idle_ms / 3000
@@ -287,6 +289,7 @@ class Consumer:
         handler = self._app.resolve(self._stream, event.type)
         if handler is None:
             tally.count(event.type, UNHANDLED)
+            warn_unhandled(self._stream, event.type, self._settings_unhandled)
             if self._unhandled_dead:
                 await self.dead_letter(
                     entry_id, entry_fields, "unhandled", "no handler", count

@@ -50,6 +50,8 @@ class Watched(Protocol):
     def redis(self) -> RedisState: ...
     @property
     def loop_since(self) -> dict[str, float | None]: ...
+    @property
+    def event_types(self) -> frozenset[str]: ...
 
 
 class Monitor:
@@ -58,7 +60,7 @@ class Monitor:
     def __init__(self, supervisor: Watched, registry: CollectorRegistry) -> None:
         self._sup = supervisor
         self.registry = registry
-        self.metrics = Metrics(registry)
+        self.metrics = Metrics(registry, supervisor.event_types)
         self.port: int | None = None
         self.heartbeat = Heartbeat()
         self.systemd = SystemdNotifier()
@@ -98,6 +100,8 @@ class Monitor:
         self.metrics.set_restarts(sup.restarts)
         self.metrics.record_redis(*sup.redis.take())
         self.metrics.set_in_flight(sum(len(c.held_ids()) for c in sup.consumers))
+        ready, _ = self.readiness()
+        self.metrics.set_state(ready, sup.redis.up, sup.redis.last_contact_s)
 
     def record_sweep(self, reaper: Reaper, result: SweepResult) -> None:
         """Publish what one reaper sweep did."""

@@ -23,6 +23,8 @@ class RedisState:
         self.denied_at = 0.0
         self.errors: dict[str, int] = {}
         self.reconnects = 0
+        #: Unix time of the last call Redis answered (0: none yet).
+        self.last_contact_s = 0.0
 
     def failed(self, exc: BaseException) -> None:
         """Record a failed Redis call."""
@@ -48,6 +50,7 @@ class RedisState:
 
     def answered(self) -> None:
         """Record a successful Redis call."""
+        self.last_contact_s = time.time()
         if not self.up:
             self.up = True
             self.reconnects += 1

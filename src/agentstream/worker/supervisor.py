@@ -112,6 +112,11 @@ class Supervisor:
         return self.monitor.port
 
     @property
+    def event_types(self) -> frozenset[str]:
+        """The event types with a handler of their own (not the ``*`` fallback)."""
+        return frozenset(h.event_type for h in self.app.handlers) - {"*"}
+
+    @property
     def stopping(self) -> bool:
         """Whether a stop was asked for."""
         return self._stopping.is_set()
