@@ -196,16 +196,22 @@ def check(settings: Settings, app: App) -> int:
         print(f"warning: handlers for stream {stream!r}, which is not subscribed")
 
     async def ping() -> None:
+        # Read-only: --check creates no stream or group (the worker does at start).
         pool = pool_from_settings(
             settings.redis, socket_timeout_s=5.0, max_connections=2
         )
         try:
             for sub in settings.subscriptions:
-                transport = await WorkerOps.aopen(
+                transport = WorkerOps.attach(
                     sub.stream, consumer_group=sub.group, pool=pool
                 )
                 await transport.aping()
-                print(f"redis: ok ({transport.location}, {sub.stream}/{sub.group})")
+                info = await transport.agroup_info()
+                state = "group exists" if info else "no group yet (created at start)"
+                print(
+                    f"redis: ok ({transport.location}, {sub.stream}/{sub.group}: {state})"
+                )
+                await _warn_unhandled_types(transport, app)
         finally:
             await pool.aclose()
 
@@ -215,6 +221,23 @@ def check(settings: Settings, app: App) -> int:
         print(f"agentstream-worker: redis check failed: {exc}", file=sys.stderr)
         return EXIT_STARTUP
     return EXIT_OK
+
+
+#: How many of a stream's latest entries --check reads for unhandled types.
+CHECK_RECENT = 1000
+
+
+async def _warn_unhandled_types(transport: WorkerOps, app: App) -> None:
+    """Print the types among the stream's recent entries that no handler takes."""
+    types = await transport.arecent_types(CHECK_RECENT)
+    stream = transport.stream_name
+    missing = {t: n for t, n in types.items() if app.resolve(stream, t) is None}
+    if missing:
+        listed = ", ".join(f"{t!r} ({n})" for t, n in sorted(missing.items())[:20])
+        print(
+            f"warning: {stream}: event types in the last {CHECK_RECENT} entries "
+            f"that no handler takes: {listed}"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

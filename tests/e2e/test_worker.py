@@ -878,6 +878,21 @@ class TestCheck:
         assert e2e.stream in output, "the resolved config is not printed"
         assert "Traceback" not in output
 
+    def test_check_is_read_only_and_lists_unhandled_types(self, e2e: E2E) -> None:
+        """--check creates no stream or group, and names recent types no handler takes."""
+        config = e2e.write_config({"app": f"{APP_MODULE}:other_app"})
+        status, worker = e2e.run(["--config", str(config), "--check"])
+        assert status == EXIT_OK, worker.tail()
+        assert not e2e.client.exists(e2e.stream), "--check created the stream"
+        assert "no group yet (created at start)" in worker.stdout()
+
+        e2e.client.xadd(e2e.stream, {"type": "tool-call", "data": "{}"})
+        e2e.client.xadd(e2e.stream, {"type": "tool-call", "data": "{}"})
+        status, worker = e2e.run(["--config", str(config), "--check"])
+        assert status == EXIT_OK, worker.tail()
+        assert "that no handler takes: 'tool-call' (2)" in worker.stdout()
+        assert not e2e.client.xinfo_groups(e2e.stream), "--check created the group"
+
     def test_check_with_app_option_uses_that_app(self, e2e: E2E) -> None:
         """--app overrides the config's app: --check lists that app's handlers only."""
         args = ["--config", str(e2e.write_config()), "--app", f"{APP_MODULE}:other_app"]

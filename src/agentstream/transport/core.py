@@ -379,6 +379,18 @@ class StreamCore:
         )
         return decode_id(rows[0][0]) if rows else None
 
+    async def arecent_types(self, count: int) -> dict[str, int]:
+        """Event types among the stream's last ``count`` entries (XREVRANGE), counted."""
+        rows: Any = await self.acall(
+            "xrevrange", lambda: self.raw.xrevrange(self.stream, count=count)
+        )
+        types: dict[str, int] = {}
+        for _, fields in rows:
+            raw_type = fields.get(b"type", fields.get("type"))
+            name = "(no type)" if raw_type is None else to_text(raw_type)
+            types[name] = types.get(name, 0) + 1
+        return types
+
     async def aping(self) -> None:
         """Check that Redis answers; raise a ``TransportError`` if not."""
         await self.acall("ping", self.aio.ping)
