@@ -143,6 +143,14 @@ class TestLoadSettings:
         assert f"did you mean {suggested}?" in message
         assert "elsewhere" not in message  # never the value: it may be a secret
 
+    def test_env_name_far_from_every_setting_gets_no_guess(self) -> None:
+        """A variable like no setting is refused without a misleading suggestion."""
+        with pytest.raises(ConfigError) as info:
+            load_settings(None, env={"AGENTSTREAM_NOT_A_SETTING": "1"})
+
+        assert "matches no setting" in str(info.value)
+        assert "did you mean" not in str(info.value)
+
     def test_env_names_cover_every_setting(self) -> None:
         """Each name env_names() lists is read by load_settings, and only those."""
         names = env_names()

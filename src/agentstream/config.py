@@ -425,8 +425,11 @@ def _check_env_names(env: Mapping[str, str]) -> None:
         upper = name.upper()
         if not upper.startswith(_ENV_PREFIX) or upper in known:
             continue
-        close = difflib.get_close_matches(upper, known, n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]}?" if close else ""
+        # Compared without the prefix, which every name shares.
+        tails = [k.removeprefix(_ENV_PREFIX) for k in known]
+        tail = upper.removeprefix(_ENV_PREFIX)
+        close = difflib.get_close_matches(tail, tails, n=1, cutoff=0.6)
+        hint = f"; did you mean {_ENV_PREFIX}{close[0]}?" if close else ""
         raise ConfigError(
             f"environment variable {name} matches no setting{hint} "
             "(AGENTSTREAM_ prefix, '__' between a section and its key)"
