@@ -58,7 +58,9 @@ class Metrics:
             name: str,
             doc: str,
             labels: tuple[str, ...] = _GROUP,
-            mode: Literal["mostrecent", "max", "livesum"] = "mostrecent",
+            mode: Literal[
+                "mostrecent", "max", "livesum", "livemin", "livemax"
+            ] = "mostrecent",
         ) -> Gauge:
             return Gauge(name, doc, labels, registry=registry, multiprocess_mode=mode)
 
@@ -86,6 +88,27 @@ class Metrics:
             "Redis commands that failed, by operation.",
             ("operation",),
             registry=registry,
+        )
+        self.redis_refusals = Counter(
+            "agentstream_redis_refusals_total",
+            "Commands Redis answered but refused, by its error code (OOM, "
+            "READONLY, MISCONF, BUSY, NOPERM...).",
+            ("reason",),
+            registry=registry,
+        )
+        self.redis_up = gauge(
+            "agentstream_redis_up",
+            "1 while Redis answers, 0 while it cannot be reached (the lowest of "
+            "all live processes).",
+            (),
+            "livemin",
+        )
+        self.redis_refusing = gauge(
+            "agentstream_redis_refusing",
+            "1 while Redis refused a command within the last minute, by code "
+            "(the highest of all live processes).",
+            ("reason",),
+            "livemax",
         )
         self.redis_reconnects = Counter(
             "agentstream_redis_reconnects_total",
@@ -154,6 +177,8 @@ class Metrics:
         )
         build.labels(__version__).set(1)
         self._restarts_seen = 0
+        self._refusing_seen: set[tuple[str]] = set()
+        self.redis_up.set(1)
 
     def record_tally(self, stream: str, group: str, tally: Tally) -> None:
         """Add what a consumer counted (a ``Tally.take()``) to the totals."""
@@ -173,12 +198,28 @@ class Metrics:
         for reason, n in tally.dead_letter_reasons.items():
             self.dead_lettered.labels(stream, group, reason).inc(n)
 
-    def record_redis(self, errors: dict[str, int], reconnects: int) -> None:
-        """Add Redis failures by operation and recoveries since the last call."""
+    def record_redis(
+        self,
+        errors: dict[str, int],
+        reconnects: int,
+        refusals: dict[str, int] | None = None,
+    ) -> None:
+        """Add Redis failures by operation, recoveries and refusals by code."""
         for operation, n in errors.items():
             self.redis_errors.labels(operation).inc(n)
         if reconnects:
             self.redis_reconnects.inc(reconnects)
+        for reason, n in (refusals or {}).items():
+            self.redis_refusals.labels(reason).inc(n)
+
+    def set_redis_state(self, up: bool, refusing: str | None) -> None:
+        """Set ``agentstream_redis_up`` and which refusal code is current."""
+        self.redis_up.set(1 if up else 0)
+        for (reason,) in list(self._refusing_seen):
+            self.redis_refusing.labels(reason).set(1 if reason == refusing else 0)
+        if refusing is not None and (refusing,) not in self._refusing_seen:
+            self._refusing_seen.add((refusing,))
+            self.redis_refusing.labels(refusing).set(1)
 
     def record_sweep(self, stream: str, group: str, result: SweepResult) -> None:
         """Record what one reaper sweep did and how long it took."""

@@ -97,6 +97,7 @@ class Monitor:
             self.metrics.record_tally(stream, group, c.tally.take())
         self.metrics.set_restarts(sup.restarts)
         self.metrics.record_redis(*sup.redis.take())
+        self.metrics.set_redis_state(sup.redis.up, sup.redis.recent_refusal_reason())
         self.metrics.set_in_flight(sum(len(c.held_ids()) for c in sup.consumers))
 
     def record_sweep(self, reaper: Reaper, result: SweepResult) -> None:
@@ -153,11 +154,16 @@ class Monitor:
         """Ready: not stopping, Redis answers, and the groups exist."""
         if self._sup.stopping:
             return False, "stopping"
-        if not self._sup.redis.up:
+        redis = self._sup.redis
+        if not redis.up:
             return False, "redis unavailable"
-        denial = self._sup.redis.recent_denial()
-        if denial is not None:
-            return False, f"permission denied: {denial}"
+        refusal = redis.recent_refusal()
+        if refusal is not None:
+            if redis.recent_refusal_reason() == "NOPERM":
+                return False, f"permission denied: {refusal}"
+            # It answers: events may still be handled and acknowledged.
+            reason = redis.recent_refusal_reason()
+            return False, f"redis refuses commands ({reason}): {refusal}"
         if self._groups_error is not None:
             return False, f"consumer groups: {self._groups_error}"
         return True, "ok"
@@ -168,7 +174,10 @@ class Monitor:
         """The one-line summary systemd shows."""
         sup = self._sup
         in_flight = sum(len(c.held_ids()) for c in sup.consumers)
+        reason = sup.redis.recent_refusal_reason()
         redis = "up" if sup.redis.up else "unavailable"
+        if sup.redis.up and reason is not None:
+            redis = f"refusing ({reason})"
         return (
             f"{len(sup.consumers)} consumers on "
             f"{len(sup.settings.subscriptions)} streams, redis {redis}, "
