@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 from wsgiref.simple_server import WSGIRequestHandler, make_server
@@ -15,6 +17,7 @@ import anyio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client import make_wsgi_app as _make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client.metrics_core import Metric
 
 from agentstream._version import __version__
 from agentstream.observe.counts import BUCKETS_S, OUTCOMES, SweepResult, Tally
@@ -231,7 +234,12 @@ class Metrics:
         """Set the backlog gauges of one group from a ``GroupStats``."""
         if stats.lag is None:
             # A 0 would claim "caught up"; no sample says "unknown" honestly.
-            self.lag.remove(stream, group)
+            # A child of a multi-process parent cannot remove a series from its
+            # value file: it writes NaN, which the parent's collector drops.
+            if os.environ.get(MULTIPROC_ENV):
+                self.lag.labels(stream, group).set(math.nan)
+            else:
+                self.lag.remove(stream, group)
             self.lag_unknown.labels(stream, group).set(1)
         else:
             self.lag.labels(stream, group).set(stats.lag)
@@ -339,10 +347,27 @@ def start_server(
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
+class _KnownGaugeValues:
+    """prometheus-client's multiprocess collector without NaN gauge samples.
+
+    A process cannot remove a labelled gauge from its value file; it sets NaN
+    instead (``record_group_stats`` for an unknown lag), meaning "no sample".
+    """
+
+    def __init__(self, path: str) -> None:
+        self._inner = multiprocess.MultiProcessCollector(None, path=path)  # type: ignore[no-untyped-call]
+
+    def collect(self) -> Iterable[Metric]:
+        for metric in self._inner.collect():  # type: ignore[no-untyped-call]
+            if metric.type == "gauge":
+                metric.samples = [s for s in metric.samples if not math.isnan(s.value)]
+            yield metric
+
+
 def multiprocess_registry(path: str) -> CollectorRegistry:
     """A registry that sums what every process wrote into ``path``."""
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
+    registry.register(_KnownGaugeValues(path))
     return registry
 
 

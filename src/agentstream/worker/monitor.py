@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Sequence
 from functools import partial
+from pathlib import Path
 from typing import Protocol
 
 import anyio
@@ -12,7 +15,14 @@ import structlog
 from agentstream.config import Settings
 from agentstream.errors import StartupError, TransportError
 from agentstream.observe.counts import SweepResult
-from agentstream.observe.health import Health, Heartbeat, check_loops
+from agentstream.observe.health import (
+    HEARTBEAT_INTERVAL_S,
+    Health,
+    Heartbeat,
+    ProcessStatus,
+    check_loops,
+    write_status,
+)
 from agentstream.observe.metrics import (
     CollectorRegistry,
     Metrics,
@@ -50,6 +60,8 @@ class Watched(Protocol):
     def redis(self) -> RedisState: ...
     @property
     def loop_since(self) -> dict[str, float | None]: ...
+    @property
+    def reached_redis(self) -> bool: ...
 
 
 class Monitor:
@@ -167,6 +179,29 @@ class Monitor:
         if self._groups_error is not None:
             return False, f"consumer groups: {self._groups_error}"
         return True, "ok"
+
+    async def publish_status(self, path: Path) -> None:
+        """Write this process's liveness and readiness to ``path`` every beat.
+
+        A multi-process parent derives its /healthz, /readyz, READY=1 and
+        watchdog from its children's files; a child whose event loop stops
+        stops writing, and the parent sees its file go stale.
+        """
+        pid = os.getpid()
+        while True:
+            live, live_reason = self.liveness()
+            ready, ready_reason = self.readiness()
+            status = ProcessStatus(
+                pid,
+                time.monotonic(),
+                self._sup.reached_redis,
+                live,
+                live_reason,
+                ready,
+                ready_reason,
+            )
+            write_status(path, status)
+            await anyio.sleep(HEARTBEAT_INTERVAL_S)
 
     # -- systemd ---------------------------------------------------------------
 

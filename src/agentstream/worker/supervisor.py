@@ -9,6 +9,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
+from pathlib import Path
 
 import anyio
 import structlog
@@ -24,6 +25,7 @@ from agentstream.errors import (
     TransportError,
 )
 from agentstream.observe.counts import SweepResult
+from agentstream.observe.health import STATUS_DIR_ENV
 from agentstream.observe.metrics import (
     CollectorRegistry,
     MetricsServer,
@@ -128,6 +130,11 @@ class Supervisor:
         return self._stopping.is_set()
 
     @property
+    def reached_redis(self) -> bool:
+        """Whether start-up reached Redis and the consumers run."""
+        return self.started.is_set()
+
+    @property
     def parent_pid(self) -> int | None:
         """The multi-process parent's pid, for a child; else None."""
         return self._parent_pid
@@ -178,7 +185,12 @@ class Supervisor:
         try:
             server = await monitor.serve()
             async with anyio.create_task_group() as tg:
-                if server is not None or monitor.systemd.watchdog_s:
+                status_dir = os.environ.get(STATUS_DIR_ENV)
+                if self._parent_pid is not None and status_dir:
+                    path = Path(status_dir, f"{self.process_index}.json")
+                    tg.start_soon(monitor.publish_status, path)
+                    tg.start_soon(monitor.heartbeat.run)
+                elif server is not None or monitor.systemd.watchdog_s:
                     tg.start_soon(monitor.heartbeat.run)
                 if self._handle_signals:
                     tg.start_soon(self._watch_signals)
