@@ -211,7 +211,7 @@ class ReaperSettings(BaseModel):
     batch: int = Field(default=100, gt=0, le=10_000)
     max_deliveries: int = Field(default=5, ge=1, le=1_000_000)
     max_backoff_ms: int = Field(default=3_600_000, gt=0, le=30 * 86_400_000)
-    consumer_ttl_s: float = Field(default=3600.0, ge=1, le=365 * _DAY_S)
+    consumer_ttl_s: float = Field(default=3600.0, ge=0.001, le=365 * _DAY_S)
     error_ttl_s: float = Field(default=86400.0, ge=0.001, le=365 * _DAY_S)
 
     @model_validator(mode="after")

@@ -207,7 +207,7 @@ def test_the_reported_inputs_exit_78_naming_the_field(
             "name_lease_s": 1.0,
             "reaper": {
                 "min_idle_ms": 10,
-                "consumer_ttl_s": 1.0,
+                "consumer_ttl_s": 0.001,
                 "error_ttl_s": 0.001,
                 "interval_s": 0.01,
             },
