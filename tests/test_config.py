@@ -207,7 +207,7 @@ class TestValidation:
             ("[log]\nlevel = 'loud'\n", "log.level: Input should be"),
             (
                 "[reaper]\nmin_idle_ms = 0\n",
-                "reaper.min_idle_ms: Input should be greater than 0",
+                "reaper.min_idle_ms: Input should be greater than or equal to 10",
             ),
             ("batch_size = 10001\n", "batch_size: Input should be less than"),
             ("[metrics]\nport = 70000\n", "metrics.port: Input should be less"),

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 from wsgiref.simple_server import WSGIRequestHandler, make_server
@@ -22,6 +24,7 @@ from prometheus_client import (
 )
 from prometheus_client import make_wsgi_app as _make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client.metrics_core import Metric
 
 from agentstream._version import __version__
 from agentstream.observe.counts import (
@@ -91,7 +94,9 @@ class Metrics:
             name: str,
             doc: str,
             labels: tuple[str, ...] = _GROUP,
-            mode: Literal["mostrecent", "max", "livesum", "livemin"] = "mostrecent",
+            mode: Literal[
+                "mostrecent", "max", "livesum", "livemin", "livemax"
+            ] = "mostrecent",
         ) -> Gauge:
             return Gauge(name, doc, labels, registry=registry, multiprocess_mode=mode)
 
@@ -119,6 +124,27 @@ class Metrics:
             "Redis commands that failed, by operation.",
             ("operation",),
             registry=registry,
+        )
+        self.redis_refusals = Counter(
+            "agentstream_redis_refusals_total",
+            "Commands Redis answered but refused, by its error code (OOM, "
+            "READONLY, MISCONF, BUSY, NOPERM...).",
+            ("reason",),
+            registry=registry,
+        )
+        self.redis_up = gauge(
+            "agentstream_redis_up",
+            "1 while Redis answers, 0 while it cannot be reached (the lowest of "
+            "all live processes).",
+            (),
+            "livemin",
+        )
+        self.redis_refusing = gauge(
+            "agentstream_redis_refusing",
+            "1 while Redis refused a command within the last minute, by code "
+            "(the highest of all live processes).",
+            ("reason",),
+            "livemax",
         )
         self.redis_reconnects = Counter(
             "agentstream_redis_reconnects_total",
@@ -193,9 +219,6 @@ class Metrics:
             (),
             "livemin",
         )
-        self.redis_up = gauge(
-            "agentstream_redis_up", "1 while Redis answers, else 0.", (), "livemin"
-        )
         self.redis_last_contact = gauge(
             "agentstream_redis_last_contact_timestamp_seconds",
             "Unix time of the last command Redis answered.",
@@ -210,6 +233,8 @@ class Metrics:
         )
         build.labels(__version__).set(1)
         self._restarts_seen = 0
+        self._refusing_seen: set[tuple[str]] = set()
+        self.redis_up.set(1)
 
     def record_tally(self, stream: str, group: str, tally: Tally) -> None:
         """Add what a consumer counted (a ``Tally.take()``) to the totals."""
@@ -231,12 +256,28 @@ class Metrics:
             label = reason if reason in DEAD_LETTER_REASONS else "handler"
             self.dead_lettered.labels(stream, group, label).inc(n)
 
-    def record_redis(self, errors: dict[str, int], reconnects: int) -> None:
-        """Add Redis failures by operation and recoveries since the last call."""
+    def record_redis(
+        self,
+        errors: dict[str, int],
+        reconnects: int,
+        refusals: dict[str, int] | None = None,
+    ) -> None:
+        """Add Redis failures by operation, recoveries and refusals by code."""
         for operation, n in errors.items():
             self.redis_errors.labels(operation).inc(n)
         if reconnects:
             self.redis_reconnects.inc(reconnects)
+        for reason, n in (refusals or {}).items():
+            self.redis_refusals.labels(reason).inc(n)
+
+    def set_redis_state(self, up: bool, refusing: str | None) -> None:
+        """Set ``agentstream_redis_up`` and which refusal code is current."""
+        self.redis_up.set(1 if up else 0)
+        for (reason,) in list(self._refusing_seen):
+            self.redis_refusing.labels(reason).set(1 if reason == refusing else 0)
+        if refusing is not None and (refusing,) not in self._refusing_seen:
+            self._refusing_seen.add((refusing,))
+            self.redis_refusing.labels(refusing).set(1)
 
     def record_sweep(self, stream: str, group: str, result: SweepResult) -> None:
         """Record what one reaper sweep did and how long it took."""
@@ -248,7 +289,12 @@ class Metrics:
         """Set the backlog gauges of one group from a ``GroupStats``."""
         if stats.lag is None:
             # A 0 would claim "caught up"; no sample says "unknown" honestly.
-            _remove(self.lag, stream, group)
+            # A child of a multi-process parent cannot remove a series from its
+            # value file: it writes NaN, which the parent's collector drops.
+            if os.environ.get(MULTIPROC_ENV):
+                self.lag.labels(stream, group).set(math.nan)
+            else:
+                _remove(self.lag, stream, group)
             self.lag_unknown.labels(stream, group).set(1)
         else:
             self.lag.labels(stream, group).set(stats.lag)
@@ -375,10 +421,27 @@ def start_server(
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
+class _KnownGaugeValues:
+    """prometheus-client's multiprocess collector without NaN gauge samples.
+
+    A process cannot remove a labelled gauge from its value file; it sets NaN
+    instead (``record_group_stats`` for an unknown lag), meaning "no sample".
+    """
+
+    def __init__(self, path: str) -> None:
+        self._inner = multiprocess.MultiProcessCollector(None, path=path)  # type: ignore[no-untyped-call]
+
+    def collect(self) -> Iterable[Metric]:
+        for metric in self._inner.collect():  # type: ignore[no-untyped-call]
+            if metric.type == "gauge":
+                metric.samples = [s for s in metric.samples if not math.isnan(s.value)]
+            yield metric
+
+
 def multiprocess_registry(path: str) -> CollectorRegistry:
     """A registry that sums what every process wrote into ``path``."""
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
+    registry.register(_KnownGaugeValues(path))
     ProcessCollector(registry=registry)  # the parent process's own
     return registry
 

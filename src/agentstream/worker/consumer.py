@@ -14,7 +14,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from agentstream.app import App
 from agentstream.config import Settings, SubscriptionSettings
-from agentstream.errors import DeadLetter, Retry
+from agentstream.errors import DeadLetter, Refused, Retry
 from agentstream.event import Event, decode_event
 from agentstream.observe.counts import (
     DEAD_LETTER,
@@ -108,6 +108,10 @@ class Consumer:
         self._read_scope: anyio.CancelScope | None = None
         self._last_renew = 0.0
         self._stopping = False
+        # Only this process's first recovery counts as a delivery (the process
+        # before it died holding these entries); a restart after a Redis error
+        # must not use up their delivery budget.
+        self._recovered = False
 
     # -- the loop ----------------------------------------------------------------
 
@@ -146,9 +150,13 @@ class Consumer:
     async def recover(self) -> None:
         """Re-read and handle the entries still pending on this consumer."""
         after = "0"
+        count_delivery, self._recovered = not self._recovered, True
         while not self._stopping:
             entries = await self.transport.aread_own_pending(
-                self.name, self._settings.batch_size, after
+                self.name,
+                self._settings.batch_size,
+                after,
+                count_delivery=count_delivery,
             )
             if not entries:
                 return
@@ -385,19 +393,28 @@ class Consumer:
         error: str,
         delivery_count: int,
     ) -> None:
-        """Move one entry to the dead-letter stream (and acknowledge it)."""
+        """Move one entry to the dead-letter stream (and acknowledge it).
+
+        When Redis refuses the write (``maxmemory``, ...) the entry is parked
+        for the reaper instead, which tries again after the backoff.
+        """
+        try:
+            await self.transport.adead_letter(
+                entry_id,
+                entry_fields,
+                self._sub.dead_letter_key,
+                {
+                    "reason": reason,
+                    "error": error[:_ERROR_MAX],
+                    "delivery_count": str(delivery_count),
+                },
+                self._sub.dead_letter_max_len,
+            )
+        except Refused as exc:
+            log.warning("dead_letter_refused", event_id=entry_id, reason=exc.reason)
+            await self._park(entry_id)
+            return
         self.tally.dead_lettered(reason)
-        await self.transport.adead_letter(
-            entry_id,
-            entry_fields,
-            self._sub.dead_letter_key,
-            {
-                "reason": reason,
-                "error": error[:_ERROR_MAX],
-                "delivery_count": str(delivery_count),
-            },
-            self._sub.dead_letter_max_len,
-        )
         log.warning(
             "event_dead_lettered",
             event_id=entry_id,

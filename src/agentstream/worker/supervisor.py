@@ -9,6 +9,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
+from pathlib import Path
 
 import anyio
 import structlog
@@ -17,11 +18,14 @@ from agentstream.app import App
 from agentstream.config import Settings, SubscriptionSettings
 from agentstream.errors import (
     AuthenticationError,
+    ConnectionError,
     PermissionDenied,
+    Refused,
     StartupError,
     TransportError,
 )
 from agentstream.observe.counts import SweepResult
+from agentstream.observe.health import STATUS_DIR_ENV
 from agentstream.observe.metrics import (
     CollectorRegistry,
     MetricsServer,
@@ -32,7 +36,7 @@ from agentstream.worker.consumer import Consumer, describe_error
 from agentstream.worker.monitor import Monitor
 from agentstream.worker.names import NameLease, NamesExhausted
 from agentstream.worker.reaper import Reaper
-from agentstream.worker.redis_state import RedisState
+from agentstream.worker.redis_state import RedisState, redis_cause
 
 __all__ = ["Supervisor"]
 
@@ -43,13 +47,25 @@ _MAX_BACKOFF_S = 30.0
 _HEALTHY_RUN_S = 60.0
 # While waiting for Redis at start: a reminder this often after redis_unavailable.
 _REMIND_S = 30.0
+# While Redis is unreachable one probe PINGs it, backing off up to this: the
+# loops that wait for it wake within this of its return.
+_PROBE_MIN_S = 0.1
+_PROBE_MAX_S = 0.5
+_PROBE_TIMEOUT_S = 1.0
+# Loops woken together by Redis' return start within this of each other.
+_WAKE_SPREAD_S = 0.2
 
 
-def unwrap(exc: BaseException) -> BaseException:
-    """The single exception inside nested task-group exception groups."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
+async def first_of(*waits: Callable[[], Awaitable[None]]) -> None:
+    """Return as soon as one of ``waits`` returns; cancel the others."""
+    async with anyio.create_task_group() as tg:
+
+        async def run(wait: Callable[[], Awaitable[None]]) -> None:
+            await wait()
+            tg.cancel_scope.cancel()
+
+        for wait in waits:
+            tg.start_soon(run, wait)
 
 
 def jittered(delay_s: float) -> float:
@@ -122,6 +138,11 @@ class Supervisor:
         return self._stopping.is_set()
 
     @property
+    def reached_redis(self) -> bool:
+        """Whether start-up reached Redis and the consumers run."""
+        return self.started.is_set()
+
+    @property
     def parent_pid(self) -> int | None:
         """The multi-process parent's pid, for a child; else None."""
         return self._parent_pid
@@ -158,9 +179,9 @@ class Supervisor:
         try:
             return await self._run()
         except BaseExceptionGroup as group:
-            cause = unwrap(group)
-            if isinstance(cause, StartupError):
-                raise cause from None
+            startup, _ = group.split(StartupError)
+            if startup is not None:
+                raise redis_cause(startup) from None
             raise
 
     async def _run(self) -> int:
@@ -172,11 +193,17 @@ class Supervisor:
             max_connections=settings.redis.max_connections
             + settings.consumers * len(settings.subscriptions),
         )
+        pool.observer = self.redis
         server: MetricsServer | None = None
         try:
             server = await monitor.serve()
             async with anyio.create_task_group() as tg:
-                if server is not None or monitor.systemd.watchdog_s:
+                status_dir = os.environ.get(STATUS_DIR_ENV)
+                if self._parent_pid is not None and status_dir:
+                    path = Path(status_dir, f"{self.process_index}.json")
+                    tg.start_soon(monitor.publish_status, path)
+                    tg.start_soon(monitor.heartbeat.run)
+                elif server is not None or monitor.systemd.watchdog_s:
                     tg.start_soon(monitor.heartbeat.run)
                 if self._handle_signals:
                     tg.start_soon(self._watch_signals)
@@ -187,6 +214,7 @@ class Supervisor:
                 if transports is None:  # stopped while waiting for Redis
                     tg.cancel_scope.cancel()
                     return 0
+                tg.start_soon(self._probe_redis, transports[0])
                 lease = NameLease(transports, self._name_base, settings.name_lease_s)
                 try:
                     self._name_base = await lease.acquire()
@@ -240,7 +268,7 @@ class Supervisor:
     # -- startup -------------------------------------------------------------
 
     async def _open(self, pool: RedisConnectionPool) -> list[WorkerOps] | None:
-        delay = 0.1
+        delay = _PROBE_MIN_S
         waiting_since = time.monotonic()
         reminded = waiting_since
         while not self._stopping.is_set():
@@ -254,7 +282,9 @@ class Supervisor:
             except (AuthenticationError, PermissionDenied) as exc:
                 raise StartupError(str(exc)) from None
             except TransportError as exc:
+                # Nothing else runs yet: retry as often as the probe would.
                 self.redis.failed(exc)
+                log.debug("redis_retrying", step="start", error=describe_error(exc))
                 now = time.monotonic()
                 if now - reminded >= _REMIND_S:
                     reminded = now
@@ -272,11 +302,29 @@ class Supervisor:
                 )
                 with anyio.move_on_after(jittered(delay)):
                     await self._stopping.wait()
-                delay = min(delay * 2, _MAX_BACKOFF_S)
+                delay = min(delay * 2, _PROBE_MAX_S)
                 continue
             self.redis.answered()
             return transports
         return None
+
+    async def _probe_redis(self, transport: WorkerOps) -> None:
+        # The one loop that asks while Redis is unreachable; the others wait
+        # for its answer (RedisState.wait_answer) instead of their own backoff.
+        delay = _PROBE_MIN_S
+        while True:
+            if self.redis.up:
+                delay = _PROBE_MIN_S
+                await anyio.sleep(_PROBE_MIN_S)
+                continue
+            with anyio.move_on_after(_PROBE_TIMEOUT_S):
+                try:
+                    await transport.aping()  # its answer wakes every waiting loop
+                    continue
+                except TransportError as exc:
+                    log.debug("redis_retrying", step="probe", error=describe_error(exc))
+            await anyio.sleep(jittered(delay))
+            delay = min(delay * 2, _PROBE_MAX_S)
 
     def _start_loops(
         self, tg: anyio.abc.TaskGroup, transports: list[WorkerOps]
@@ -334,31 +382,49 @@ class Supervisor:
         try:
             while not self._stopping.is_set():
                 started = time.monotonic()
+                cause: BaseException | None = None
                 try:
                     await run()
-                except Exception as exc:
-                    cause = unwrap(exc)
-                    if isinstance(cause, PermissionDenied):
-                        self.redis.denied(cause)
-                    elif isinstance(cause, TransportError):
-                        self.redis.failed(cause)
-                    else:
-                        log.error("consumer_crashed", consumer=name, exc_info=cause)
+                except Exception as exc:  # noqa: BLE001 - reported, then restarted
+                    cause = redis_cause(exc)
+                    self._report(name, cause)
                 if self._stopping.is_set():
                     return
                 if time.monotonic() - started > _HEALTHY_RUN_S:
                     delay = 0.1
                 self.restarts += 1
                 self.loop_since[name] = None
-                log.info("consumer_restarting", consumer=name, delay_s=round(delay, 2))
-                with anyio.move_on_after(jittered(delay)):
-                    await self._stopping.wait()
+                await self._wait_to_restart(name, cause, delay)
                 self.loop_since[name] = time.monotonic()
                 delay = min(delay * 2, _MAX_BACKOFF_S)
         finally:
             self._running -= 1
             if self._running == 0:
                 self._all_done.set()
+
+    def _report(self, name: str, cause: BaseException) -> None:
+        if isinstance(cause, ConnectionError | Refused):
+            self.redis.failed(cause)  # logged once per change of state
+        elif isinstance(cause, TransportError):
+            log.error("consumer_failed", consumer=name, error=describe_error(cause))
+        else:
+            log.error("consumer_crashed", consumer=name, exc_info=cause)
+
+    async def _wait_to_restart(
+        self, name: str, cause: BaseException | None, delay: float
+    ) -> None:
+        if isinstance(cause, ConnectionError | Refused):
+            # Redis' state is logged once per change; each retry only at debug.
+            log.debug("consumer_retrying", consumer=name, delay_s=round(delay, 2))
+        else:
+            log.info("consumer_restarting", consumer=name, delay_s=round(delay, 2))
+        waits: list[Callable[[], Awaitable[None]]] = [self._stopping.wait]
+        if isinstance(cause, ConnectionError):
+            waits.append(self.redis.wait_answer)
+        with anyio.move_on_after(jittered(delay)):
+            await first_of(*waits)
+            if not self._stopping.is_set() and len(waits) > 1:
+                await anyio.sleep(random.uniform(0, _WAKE_SPREAD_S))
 
     # -- signals and shutdown ----------------------------------------------------
 
