@@ -10,6 +10,7 @@ __all__ = [
     "DeadLetter",
     "HandlerConflict",
     "PermissionDenied",
+    "ReplicationTimeout",
     "Retry",
     "StartupError",
     "TransportError",
@@ -53,6 +54,23 @@ class AuthenticationError(TransportError):
 
 class PermissionDenied(TransportError):
     """Redis refused a command for the ACL user (NOPERM)."""
+
+
+class ReplicationTimeout(TransportError):
+    """Fewer replicas than ``wait_replicas`` confirmed a write in time (WAIT).
+
+    The entry is on the primary and may still replicate; a failover before it
+    does would lose it. Publishing again is safe under at-least-once delivery.
+
+    Attributes:
+        entry_id: the id the primary gave the entry.
+        replicas: how many replicas confirmed it.
+    """
+
+    def __init__(self, message: str, entry_id: str, replicas: int) -> None:
+        super().__init__(message, "wait")
+        self.entry_id = entry_id
+        self.replicas = replicas
 
 
 class StartupError(Exception):

@@ -8,7 +8,6 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Seque
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Self, TypeVar
-from urllib.parse import urlsplit
 
 import anyio
 import redis.exceptions as rex
@@ -16,6 +15,7 @@ import redis.exceptions as rex
 from agentstream import errors
 from agentstream.event import encode_fields
 from agentstream.transport import scripts as _scripts
+from agentstream.transport.keys import derived_key
 from agentstream.transport.pool import RedisConnectionPool
 
 __all__ = [
@@ -73,14 +73,6 @@ class NoGroup(errors.TransportError):
     """The stream or the group vanished under a command (NOGROUP)."""
 
 
-def _location(url: str) -> str:
-    """Describe where a URL points without any credentials in it."""
-    parts = urlsplit(url)
-    if parts.scheme == "unix":
-        return f"unix:{parts.path}"
-    return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
-
-
 def decode_id(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -108,7 +100,8 @@ class StreamCore:
         self.max_len = max_len
         self._owns_pool = pool is None
         self._pool = pool if pool is not None else RedisConnectionPool(redis_url)
-        self._where = _location(self._pool.redis_url)
+        self._where = self._pool.location
+        self.cluster = self._pool.cluster
         self._secrets = self._pool.secrets
         self.sync = self._pool.get_sync_client()
         self.aio = self._pool.get_async_client()
@@ -275,22 +268,89 @@ class StreamCore:
 
     # -- commands the seed API, the worker and the operator share ------------
 
+    def derived_key(self, suffix: str) -> str:
+        """A key of this stream, in its cluster slot (see ``transport.keys``)."""
+        return derived_key(self.stream, suffix, cluster=self.cluster)
+
+    def publish_fields(self, fields: dict[Any, Any]) -> str:
+        """XADD ``fields`` (approximate MAXLEN), then WAIT if the pool asks to."""
+        wait = self._pool.wait_replicas
+        xadd: dict[str, Any] = {"maxlen": self.max_len, "approximate": True}
+        if not wait:
+            return decode_id(
+                self.call("xadd", lambda: self.sync.xadd(self.stream, fields, **xadd))
+            )
+
+        def run() -> list[Any]:
+            client: Any = self.sync
+            if self.cluster:  # XADD and WAIT on one connection to the slot's node
+                client = client.get_node_from_key(self.stream).redis_connection
+            with client.pipeline(transaction=False) as pipe:
+                pipe.xadd(self.stream, fields, **xadd)
+                pipe.wait(wait, self._pool.wait_timeout_ms)
+                return list(pipe.execute())
+
+        entry_id, replicas = self.call("xadd", run)
+        return self._replicated(decode_id(entry_id), int(replicas))
+
+    async def apublish_fields(self, fields: dict[Any, Any]) -> str:
+        """Async version of ``publish_fields()``."""
+        wait = self._pool.wait_replicas
+        xadd: dict[str, Any] = {"maxlen": self.max_len, "approximate": True}
+        if not wait:
+            return decode_id(
+                await self.acall(
+                    "xadd", lambda: self.aio.xadd(self.stream, fields, **xadd)
+                )
+            )
+
+        async def run() -> list[Any]:
+            client: Any = self.aio
+            if self.cluster:
+                client = self._pool.node_client(self.stream)
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.xadd(self.stream, fields, **xadd)
+                pipe.wait(wait, self._pool.wait_timeout_ms)
+                return list(await pipe.execute())
+
+        try:
+            with self.translated("xadd"):
+                entry_id, replicas = await run()
+        except errors.TransportError as exc:
+            # Our node client follows no redirection: after a resharding or a
+            # failover, learn the slot map again and try once more.
+            if not self.cluster or not str(exc).split(": ")[-1].startswith("MOVED"):
+                raise
+            await self._pool.arefresh_topology()
+            with self.translated("xadd"):
+                entry_id, replicas = await run()
+        return self._replicated(decode_id(entry_id), int(replicas))
+
+    def _replicated(self, entry_id: str, replicas: int) -> str:
+        wanted = self._pool.wait_replicas
+        if replicas < wanted:
+            raise errors.ReplicationTimeout(
+                f"entry {entry_id} of {self.stream} reached {replicas} of "
+                f"{wanted} replicas within {self._pool.wait_timeout_ms} ms "
+                f"(WAIT at {self._where}); a failover now could lose it",
+                entry_id,
+                replicas,
+            )
+        return entry_id
+
     async def apublish(
         self,
         event_type: str,
         data: dict[str, Any],
         metadata: dict[str, Any] | None = None,
     ) -> str:
-        """Publish an event (XADD with approximate MAXLEN); returns the new id."""
+        """Publish an event (XADD with approximate MAXLEN); returns the new id.
+
+        With the pool's ``wait_replicas`` above 0, returns once that many
+        replicas have it (WAIT), else raises ``ReplicationTimeout``.
+        """
         fields: dict[Any, Any] = encode_fields(event_type, data, metadata)
-        return decode_id(
-            await self.acall(
-                "xadd",
-                lambda: self.aio.xadd(
-                    self.stream, fields, maxlen=self.max_len, approximate=True
-                ),
-            )
-        )
+        return await self.apublish_fields(fields)
 
     async def aack(self, ids: Sequence[str | bytes]) -> int:
         """Acknowledge ids (XACK); returns how many were pending."""

@@ -180,7 +180,7 @@ class WorkerOps(StreamCore):
     # -- failures remembered between deliveries ------------------------------
 
     def _error_key(self, entry_id: str) -> str:
-        return f"{self.stream}:lasterror:{self.group}:{entry_id}"
+        return self.derived_key(f"lasterror:{self.group}:{entry_id}")
 
     async def aset_last_error(self, entry_id: str, error: str, ttl_s: float) -> None:
         """Remember the last error of an entry for ``ttl_s`` seconds."""
@@ -242,7 +242,7 @@ class WorkerOps(StreamCore):
 
     def lease_key(self, name: str) -> str:
         """The key of the lease on a consumer-name base in this group."""
-        return f"{self.stream}:owner:{self.group}:{name}"
+        return self.derived_key(f"owner:{self.group}:{name}")
 
     async def aacquire_lease(self, name: str, token: str, ttl_ms: int) -> bool:
         """Take or extend the lease on ``name``; False when another holds it."""
