@@ -115,6 +115,9 @@ class StreamCore:
         self._release = self.raw.register_script(_scripts.RELEASE)
         self._move = self.raw.register_script(_scripts.MOVE)
         self._delete_idle = self.raw.register_script(_scripts.DELETE_IDLE_CONSUMERS)
+        self._acquire_partition = self.raw.register_script(_scripts.ACQUIRE_PARTITION)
+        self._renew_partition = self.raw.register_script(_scripts.RENEW_PARTITION)
+        self._members = self.raw.register_script(_scripts.MEMBERS)
 
     @classmethod
     def attach(

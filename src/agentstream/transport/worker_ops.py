@@ -16,6 +16,7 @@ from agentstream.transport.core import (
     decode_id,
     pairs_to_fields,
 )
+from agentstream.transport.keys import derived_key
 
 __all__ = ["WorkerOps"]
 
@@ -258,3 +259,63 @@ class WorkerOps(StreamCore):
             "lease",
             lambda: self._release(keys=[self.lease_key(name)], args=[token]),
         )
+
+    # -- partition leases (ordered subscriptions) ------------------------------
+
+    def _partition_keys(self) -> list[str]:
+        return [
+            self.derived_key(f"lease:{self.group}"),
+            self.derived_key(f"fence:{self.group}"),
+        ]
+
+    async def aacquire_partition(self, member: str, ttl_ms: int) -> int:
+        """Take this stream's partition lease if free (SET NX PX in a script).
+
+        Returns:
+            The fencing token (a counter that grows with each new owner), or 0
+            when another member holds the lease.
+        """
+        script = self._acquire_partition
+        keys = self._partition_keys()
+        token = await self.acall(
+            "partition lease", lambda: script(keys=keys, args=[member, ttl_ms])
+        )
+        return int(token)
+
+    async def arenew_partition(self, member: str, token: int, ttl_ms: int) -> bool:
+        """Extend the lease held as ``token``; False when it was lost."""
+        script = self._renew_partition
+        keys = self._partition_keys()[:1]
+        args: list[str | int] = [f"{token}:{member}", ttl_ms]
+        return bool(
+            await self.acall("partition lease", lambda: script(keys=keys, args=args))
+        )
+
+    async def arelease_partition(self, member: str, token: int) -> None:
+        """Give the lease up, if ``token`` still holds it."""
+        keys = self._partition_keys()[:1]
+        value = f"{token}:{member}"
+        await self.acall(
+            "partition lease", lambda: self._release(keys=keys, args=[value])
+        )
+
+    async def apartition_owner(self) -> str | None:
+        """The lease value ``"<token>:<member>"`` of this partition, or None."""
+        key = self._partition_keys()[0]
+        value = await self.acall("get", lambda: self.raw.get(key))
+        return None if value is None else decode_id(value)
+
+    async def amembers(
+        self, logical_stream: str, member: str, ttl_ms: int
+    ) -> list[str]:
+        """Record ``member`` as alive in the group of ``logical_stream``.
+
+        Returns:
+            The members heard from within ``ttl_ms``, sorted (Redis' clock).
+        """
+        key = derived_key(logical_stream, f"members:{self.group}", cluster=self.cluster)
+        script = self._members
+        rows = await self.acall(
+            "members", lambda: script(keys=[key], args=[member, ttl_ms])
+        )
+        return sorted(decode_id(r) for r in rows)
