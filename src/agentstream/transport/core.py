@@ -310,7 +310,7 @@ class StreamCore:
         async def run() -> list[Any]:
             client: Any = self.aio
             if self.cluster:
-                client = self._pool.node_client(self.stream)
+                client = await self._pool.anode_client(self.stream)
             async with client.pipeline(transaction=False) as pipe:
                 pipe.xadd(self.stream, fields, **xadd)
                 pipe.wait(wait, self._pool.wait_timeout_ms)

@@ -307,7 +307,7 @@ class RedisConnectionPool:
         )
         return aioredis.Redis.from_pool(pool)
 
-    def node_client(self, key: str) -> aioredis.Redis:
+    async def anode_client(self, key: str) -> aioredis.Redis:
         """A decoding client on the cluster node that serves ``key``'s slot now.
 
         WAIT counts the replicas that have every write sent *on its own
@@ -317,6 +317,7 @@ class RedisConnectionPool:
         """
         cluster = self.get_async_client()
         assert isinstance(cluster, aiocluster.RedisCluster)
+        await cluster.initialize()  # once: the slot map is read on first use
         node = cluster.get_node_from_key(key)
         if node is None:
             raise redis.ConnectionError(f"no cluster node serves the slot of {key!r}")

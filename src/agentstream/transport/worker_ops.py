@@ -66,14 +66,20 @@ class WorkerOps(StreamCore):
         """
 
         async def run() -> list[Any]:
-            async with self.raw.pipeline(transaction=True) as pipe:
+            # redis-py's async cluster transactions resolve XREADGROUP's slot
+            # from a helper thread's event loop and fail; the two commands
+            # then go in one plain pipeline to the slot's node. Only the
+            # delivery counts could then be one behind, if the reaper claimed
+            # an entry between them.
+            pipeline: Any = self.raw.pipeline(transaction=not self.cluster)
+            async with pipeline as pipe:
                 pipe.xreadgroup(
                     self.group, consumer, {self.stream: after_id}, count=count
                 )
                 pipe.xpending_range(
                     self.stream, self.group, "-", "+", count * 2, consumer
                 )
-                return await pipe.execute()
+                return list(await pipe.execute())
 
         rows, pending = await self.acall("xreadgroup", run, recreate=True)
         if not rows or not rows[0][1]:
