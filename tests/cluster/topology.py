@@ -20,11 +20,19 @@ from types import TracebackType
 from typing import Self
 
 import redis
+
 from redis_server import HOST, RedisServer, free_port, wait_for
 
 __all__ = ["Cluster", "SentinelGroup", "crossslot_errors"]
 
 _NODE_TIMEOUT_MS = 1500
+_NODE_ARGS = [
+    "--cluster-enabled", "yes",
+    "--cluster-config-file", "nodes.conf",
+    "--cluster-node-timeout", str(_NODE_TIMEOUT_MS),
+    # A promoted replica serves even if it lagged: a test kills masters.
+    "--cluster-replica-validity-factor", "0",
+]  # fmt: skip
 
 
 def cluster_port() -> int:
@@ -62,14 +70,8 @@ class Cluster:
             RedisServer(
                 tmp_dir / f"node{i}",
                 port=cluster_port(),
-                extra_args=[
-                    "--cluster-enabled", "yes",
-                    "--cluster-config-file", "nodes.conf",
-                    "--cluster-node-timeout", str(_NODE_TIMEOUT_MS),
-                    # A lone surviving replica still serves: a test kills masters.
-                    "--cluster-replica-validity-factor", "0",
-                ],
-            )  # fmt: skip
+                extra_args=_NODE_ARGS,
+            )
             for i in range(6)
         ]
 
@@ -93,7 +95,9 @@ class Cluster:
              "--cluster-replicas", "1", "--cluster-yes"],
             check=True, capture_output=True, timeout=60,
         )  # fmt: skip
-        wait_for(self.healthy, timeout=30, interval=0.2, message="cluster never became ok")
+        wait_for(
+            self.healthy, timeout=30, interval=0.2, message="cluster never became ok"
+        )
 
     def healthy(self) -> bool:
         """Every live node says cluster_state:ok and knows all slots are served."""
@@ -235,7 +239,8 @@ class SentinelGroup:
     def _replica_synced(self) -> bool:
         assert self.replica is not None
         with _client(self.replica.port) as client:
-            return client.info("replication").get("master_link_status") == "up"
+            status: str = client.info("replication").get("master_link_status", "")
+            return status == "up"
 
     def _sentinels_agree(self) -> bool:
         for sentinel in self.sentinels:

@@ -8,7 +8,7 @@ import random
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 
 import anyio
@@ -326,10 +326,11 @@ class Supervisor:
         limiter: anyio.CapacityLimiter,
         own: list[str],
         done: Callable[[], bool] = lambda: False,
+        spared: Sequence[str] = (),
     ) -> Reaper:
         reaper_consumer = self._consumer(name, sub, transport, limiter)
         own.append(reaper_consumer.name)
-        reaper = Reaper(reaper_consumer, self.settings.reaper, own)
+        reaper = Reaper(reaper_consumer, self.settings.reaper, own, spared)
         self.reapers.append(reaper)
         on_sweep = partial(self._swept, reaper)
         self._spawn(tg, reaper_consumer.name, partial(reaper.run, on_sweep), done)
@@ -398,6 +399,7 @@ class Supervisor:
                     limiter,
                     [consumer.name],
                     loops.is_stopping,
+                    spared=[consumer.name],
                 )
         finally:
             for c in [consumer, loops.reaper.consumer if loops.reaper else None]:
