@@ -99,8 +99,9 @@ class Cluster:
             self.healthy, timeout=30, interval=0.2, message="cluster never became ok"
         )
 
-    def healthy(self) -> bool:
-        """Every live node says cluster_state:ok and knows all slots are served."""
+    def healthy(self, replicas: bool = True) -> bool:
+        """Every live node says cluster_state:ok and knows all slots are served
+        (and, with ``replicas``, every master has a synced replica)."""
         for node in self.nodes:
             if not node.is_running():
                 continue
@@ -113,6 +114,8 @@ class Cluster:
                 return False
             if int(info.get("cluster_slots_ok", 0)) != 16384:
                 return False
+            if not replicas:
+                continue
             with _client(node.port) as client:
                 replication = client.info("replication")
             if replication["role"] == "slave":
@@ -138,6 +141,11 @@ class Cluster:
             info = client.info("replication")
         port = int(info["slave0"]["port"])
         return next(n for n in self.nodes if n.port == port)
+
+    def role(self, node: RedisServer) -> str:
+        """``master`` or ``slave``, as the node itself says."""
+        with _client(node.port) as client:
+            return str(client.info("replication")["role"])
 
     def live_ports(self) -> list[int]:
         return [n.port for n in self.nodes if n.is_running()]
@@ -246,20 +254,17 @@ class SentinelGroup:
         for sentinel in self.sentinels:
             try:
                 with _client(sentinel.port) as client:
-                    state = client.execute_command("SENTINEL", "MASTER", self.service)
+                    state = client.sentinel_master(self.service)
             except redis.RedisError:
                 return False
-            fields = dict(zip(state[::2], state[1::2], strict=True))
-            if int(fields["num-other-sentinels"]) < 2 or int(fields["num-slaves"]) < 1:
+            if int(state["num-other-sentinels"]) < 2 or int(state["num-slaves"]) < 1:
                 return False
         return True
 
     def primary_port(self) -> int:
         """The port the Sentinels currently name as the primary's."""
         with _client(self.sentinels[0].port) as client:
-            _, port = client.execute_command(
-                "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service
-            )
+            _, port = client.sentinel_get_master_addr_by_name(self.service)
         return int(port)
 
     def stop(self) -> None:

@@ -70,7 +70,7 @@ class AdminOps(StreamCore):
         try:
             rows = await self.acall(
                 "xinfo consumers",
-                lambda: self.raw.xinfo_consumers(self.stream, self.group),
+                lambda: self.axinfo(self.raw, "XINFO CONSUMERS", self.group),
             )
         except NoGroup:
             return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Self, TypeVar
 
@@ -271,6 +271,21 @@ class StreamCore:
 
     # -- commands the seed API, the worker and the operator share ------------
 
+    async def axinfo(self, client: Any, command: str, *args: Any) -> Any:
+        """Run ``command`` (``"XINFO GROUPS"``, ...) on this stream.
+
+        On a cluster it goes straight to the node of the stream's slot: redis-py's
+        cluster client does not always find the key of an XINFO subcommand
+        ("No way to dispatch this command ... Missing key").
+        """
+        if not self.cluster:
+            return await client.execute_command(command, self.stream, *args)
+        await client.initialize()
+        node = client.get_node_from_key(self.stream)
+        return await client.execute_command(
+            command, self.stream, *args, target_nodes=node
+        )
+
     def derived_key(self, suffix: str) -> str:
         """A key of this stream, in its cluster slot (see ``transport.keys``)."""
         return derived_key(self.stream, suffix, cluster=self.cluster)
@@ -288,10 +303,16 @@ class StreamCore:
             client: Any = self.sync
             if self.cluster:  # XADD and WAIT on one connection to the slot's node
                 client = client.get_node_from_key(self.stream).redis_connection
-            with client.pipeline(transaction=False) as pipe:
-                pipe.xadd(self.stream, fields, **xadd)
-                pipe.wait(wait, self._pool.wait_timeout_ms)
-                return list(pipe.execute())
+            try:
+                with client.pipeline(transaction=False) as pipe:
+                    pipe.xadd(self.stream, fields, **xadd)
+                    pipe.wait(wait, self._pool.wait_timeout_ms)
+                    return list(pipe.execute())
+            except (rex.ConnectionError, rex.TimeoutError, rex.ResponseError):
+                if self.cluster:  # the node failed or lost the slot: relearn
+                    with suppress(rex.RedisError, OSError):
+                        self._pool.refresh_topology()
+                raise
 
         entry_id, replicas = self.call("xadd", run)
         return self._replicated(decode_id(entry_id), int(replicas))
@@ -321,10 +342,13 @@ class StreamCore:
                 entry_id, replicas = await run()
         except errors.TransportError as exc:
             # Our node client follows no redirection: after a resharding or a
-            # failover, learn the slot map again and try once more.
-            if not self.cluster or not str(exc).split(": ")[-1].startswith("MOVED"):
+            # failover, learn the slot map again (and retry a MOVED once).
+            if not self.cluster:
                 raise
-            await self._pool.arefresh_topology()
+            with suppress(rex.RedisError, OSError):
+                await self._pool.arefresh_topology()
+            if "MOVED" not in str(exc):
+                raise
             with self.translated("xadd"):
                 entry_id, replicas = await run()
         return self._replicated(decode_id(entry_id), int(replicas))
@@ -398,7 +422,7 @@ class StreamCore:
         """Return XINFO GROUPS for this group (``lag`` may be None), or None."""
         try:
             rows = await self.acall(
-                "xinfo groups", lambda: self.aio.xinfo_groups(self.stream)
+                "xinfo groups", lambda: self.axinfo(self.aio, "XINFO GROUPS")
             )
         except errors.TransportError as exc:
             if "no such key" in str(exc):
@@ -456,7 +480,7 @@ class StreamCore:
         """
         try:
             with self.translated("xinfo"):
-                raw = await self.raw.xinfo_stream(self.stream)
+                raw = await self.axinfo(self.raw, "XINFO STREAM")
         except errors.ConnectionError:
             raise
         except errors.TransportError as exc:

@@ -334,6 +334,12 @@ class RedisConnectionPool:
             self._node_clients[address] = client
         return client
 
+    def refresh_topology(self) -> None:
+        """Ask the cluster for its slot map again, on the sync client."""
+        cluster = self.get_sync_client()
+        if isinstance(cluster, redis.cluster.RedisCluster):
+            cluster.nodes_manager.initialize()
+
     async def arefresh_topology(self) -> None:
         """Ask the cluster for its slot map again (after a MOVED seen by hand)."""
         cluster = self.get_async_client()

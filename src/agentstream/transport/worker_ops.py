@@ -233,7 +233,7 @@ class WorkerOps(StreamCore):
         """
         rows = await self.acall(
             "xinfo consumers",
-            lambda: self.aio.xinfo_consumers(self.stream, self.group),
+            lambda: self.axinfo(self.aio, "XINFO CONSUMERS", self.group),
             recreate=True,
         )
         return [
