@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import types
 import typing
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +29,7 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
 EXAMPLE_APP = "examples.agent_app:app"
 SECRET = "hunter2-do-not-print"
 
-_TABLE_RE = re.compile(r"^\[\[?([\w.]+)\]\]?$")
+_TABLE_RE = re.compile(r"^(?:#\s*)?\[\[?([\w.]+)\]\]?$")
 _KEY_RE = re.compile(r"^#?\s*(\w+)\s*=")
 
 
@@ -46,6 +47,8 @@ def _section_model(annotation: object) -> type[pydantic.BaseModel] | None:
     """Return the model a field nests, directly or as list items."""
     if typing.get_origin(annotation) is list:
         (annotation,) = typing.get_args(annotation)
+    if isinstance(annotation, types.UnionType):  # an optional table
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
     if isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel):
         return annotation
     return None

@@ -243,6 +243,54 @@ def parse_dockerfile(text: str) -> list[tuple[str, str]]:
 # -- systemd ---------------------------------------------------------------------
 
 
+class TestPartitionedOverlay:
+    """deploy/k8s-partitioned: a partitioned, ordered deployment on Redis Cluster."""
+
+    overlay = DEPLOY / "k8s-partitioned"
+
+    def _patch(self, name: str) -> dict[str, Any]:
+        (doc,) = load_yaml(self.overlay / name)
+        return doc
+
+    def test_worker_config(self, tmp_path: Path) -> None:
+        """Its worker.toml loads: 8 ordered partitions on a cluster, WAIT for 1."""
+        path = tmp_path / "worker.toml"
+        path.write_text(self._patch("configmap.yaml")["data"]["worker.toml"])
+        settings = load_settings(path, env={})
+        (sub,) = settings.subscriptions
+        assert (sub.partitions, sub.ordered) == (8, True)
+        assert settings.redis.topology == "cluster"
+        assert settings.redis.wait_replicas == 1
+
+    def test_scaled_object_sums_the_partitions_lag(self, tmp_path: Path) -> None:
+        """KEDA's Prometheus trigger sums the lag of exactly this stream's
+        partitions, and no pod waits idle beyond one per partition."""
+        scaled = self._patch("scaledobject.yaml")
+        (trigger,) = scaled["spec"]["triggers"]
+        assert trigger["type"] == "prometheus"
+        query = trigger["metadata"]["query"]
+        assert query.startswith("sum(") and "agentstream_group_lag" in query
+        pattern = re.search(r'stream=~"([^"]+)"', query)
+        assert pattern is not None
+        regex = re.compile(pattern.group(1).replace("\\\\", "\\"))
+        assert regex.fullmatch("agent_output:{7}")
+        assert not regex.fullmatch("agent_output")
+        assert scaled["spec"]["maxReplicaCount"] == 8
+
+    def test_kustomize_build(self) -> None:
+        """The overlay renders: the base's kinds, its own trigger and config."""
+        kubectl = shutil.which("kubectl")
+        if kubectl is None:
+            pytest.skip("kubectl not found")
+        proc = run([kubectl, "kustomize", str(self.overlay)])
+        assert proc.returncode == 0, proc.stderr
+        docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+        (scaled,) = [d for d in docs if d["kind"] == "ScaledObject"]
+        assert [t["type"] for t in scaled["spec"]["triggers"]] == ["prometheus"]
+        (config,) = [d for d in docs if d["kind"] == "ConfigMap"]
+        assert "partitions = 8" in config["data"]["worker.toml"]
+
+
 class TestSystemdUnits:
     @pytest.mark.parametrize("name", [UNIT, TEMPLATE])
     def test_service_settings(self, name: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -16,6 +17,9 @@ __all__ = ["ANY_STREAM", "ANY_TYPE", "App", "Handler"]
 ANY_STREAM = ""
 #: The event type of a fallback handler.
 ANY_TYPE = "*"
+
+# A partition "name:{3}" of a partitioned stream (transport.keys).
+_PARTITION_RE = re.compile(r"^(?P<stream>.+):\{\d+\}$")
 
 HandlerFunc = Callable[[Event], Awaitable[None]] | Callable[[Event], None]
 F = TypeVar("F", bound=Callable[..., Any])
@@ -96,7 +100,8 @@ class App:
         """Return the handler for an event, or None when nothing matches.
 
         Order: the stream's own handler for the type, then the any-stream one,
-        then the stream's ``"*"`` fallback, then the any-stream ``"*"``.
+        then the stream's ``"*"`` fallback, then the any-stream ``"*"``. A
+        partition ``name:{3}`` of a partitioned stream resolves as ``name``.
         """
         key = (stream, event_type)
         try:
@@ -104,8 +109,11 @@ class App:
         except KeyError:
             pass
         handlers = self._handlers
+        partition = _PARTITION_RE.match(stream)
+        if partition is not None and stream not in self.streams():
+            stream = partition["stream"]
         found = (
-            handlers.get(key)
+            handlers.get((stream, event_type))
             or handlers.get((ANY_STREAM, event_type))
             or handlers.get((stream, ANY_TYPE))
             or handlers.get((ANY_STREAM, ANY_TYPE))

@@ -39,6 +39,7 @@ __all__ = [
     "MetricsSettings",
     "ReaperSettings",
     "RedisSettings",
+    "SentinelSettings",
     "Settings",
     "SubscriptionSettings",
     "env_names",
@@ -57,7 +58,7 @@ _TLS_FIELDS = (
     "ssl_cert_reqs",
     "ssl_check_hostname",
 )
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://")
 _APP_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 _MASK = "***"
 
@@ -68,11 +69,57 @@ def _field_error(field: str, message: str) -> PydanticCustomError:
     return PydanticCustomError("invalid_setting", message, {"field": field})
 
 
-class RedisSettings(BaseModel):
-    """How to reach Redis.
+class SentinelSettings(BaseModel):
+    """Where the Sentinels are and which primary they watch.
 
     Attributes:
-        url: ``redis://``, ``rediss://`` (TLS) or ``unix://`` URL.
+        addresses: the Sentinels as ``"host:port"``, at least one.
+        service_name: the name the Sentinels monitor the primary under.
+        username: ACL user on the Sentinels, if they require one.
+        password: password of the Sentinels (the data nodes use ``[redis]``'s).
+    """
+
+    model_config = _SECTION
+
+    addresses: list[str] = Field(min_length=1)
+    service_name: str = Field(min_length=1)
+    username: str | None = None
+    password: SecretStr | None = None
+
+    @field_validator("addresses")
+    @classmethod
+    def _check_addresses(cls, addresses: list[str]) -> list[str]:
+        for address in addresses:
+            host_port(address)
+        return addresses
+
+    def nodes(self) -> list[tuple[str, int]]:
+        """The Sentinels as ``(host, port)`` pairs."""
+        return [host_port(a) for a in self.addresses]
+
+
+def host_port(address: str) -> tuple[str, int]:
+    """Split ``"host:port"``; raises ValueError naming the address."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{address!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+class RedisSettings(BaseModel):
+    """How to reach Redis: one server, a Redis Cluster, or a Sentinel-managed primary.
+
+    Attributes:
+        url: ``redis://``, ``rediss://`` (TLS) or ``unix://`` URL. Several
+            ``host:port`` seeds separated by commas (``redis://a:7000,b:7000``)
+            mean a Redis Cluster; ``redis+sentinel://[user:pass@]s1:26379,
+            s2:26379/service[/db]`` means Sentinel (credentials go to the
+            Sentinels and the primary alike).
+        cluster: the URL's host is one seed node of a Redis Cluster.
+        sentinel: the Sentinels to ask for the primary (instead of ``url``'s host).
+        wait_replicas: replicas that must have each published event before
+            ``publish`` returns (WAIT); 0 returns as soon as the primary has it.
+        wait_timeout_ms: longest WAIT, in ms; fewer replicas in time is an error.
         username: ACL user name, if not given in the URL.
         password: the password; prefer ``password_file`` outside development.
         password_file: a file whose stripped content is the password, read at load.
@@ -82,12 +129,17 @@ class RedisSettings(BaseModel):
         ssl_cert_reqs: whether the server certificate must verify.
         ssl_check_hostname: whether the certificate must match the host name.
         socket_connect_timeout_s: how long to wait for a connection, in seconds.
-        max_connections: size of the connection pool of each process.
+        max_connections: size of the connection pool of each process (per
+            node on a cluster).
     """
 
     model_config = _SECTION
 
     url: str = "redis://localhost:6379/0"
+    cluster: bool = False
+    sentinel: SentinelSettings | None = None
+    wait_replicas: int = Field(default=0, ge=0)
+    wait_timeout_ms: int = Field(default=1000, gt=0)
     username: str | None = None
     password: SecretStr | None = None
     password_file: Path | None = None
@@ -105,7 +157,24 @@ class RedisSettings(BaseModel):
     @classmethod
     def _check_url(cls, url: str) -> str:
         if not url.startswith(_REDIS_SCHEMES):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+            raise ValueError(
+                "must start with redis://, rediss://, unix:// or redis+sentinel://"
+            )
+        scheme, _, rest = url.partition("://")
+        netloc = rest.split("/", 1)[0].rpartition("@")[2]
+        if "," in netloc or scheme == "redis+sentinel":
+            # Several hosts: urlsplit cannot read the port of "a:1,b:2".
+            if any(c in rest for c in "?#"):
+                raise ValueError("must not carry ?options; use the [redis] settings")
+            for address in netloc.split(","):
+                try:
+                    host_port(address)
+                except ValueError as exc:
+                    raise ValueError(f"has a bad seed address: {exc}") from None
+            path = rest.split("/", 1)[1] if "/" in rest else ""
+            if scheme == "redis+sentinel" and not path.split("/")[0]:
+                raise ValueError("redis+sentinel:// needs /service_name after hosts")
+            return url
         try:
             parts = urlsplit(url)
             port = parts.port  # raises for a port that is not 0..65535
@@ -136,6 +205,38 @@ class RedisSettings(BaseModel):
                 msg = "applies to TLS only: use a rediss:// url or remove it"
                 raise _field_error(name, msg)
         return self
+
+    @model_validator(mode="after")
+    def _check_topology(self) -> Self:
+        url_sentinel = self.url.startswith("redis+sentinel://")
+        if self.is_cluster and (self.sentinel is not None or url_sentinel):
+            raise _field_error("cluster", "choose Redis Cluster or Sentinel, not both")
+        if self.sentinel is not None and url_sentinel:
+            raise _field_error("sentinel", "set [redis.sentinel] or a URL, not both")
+        if self.is_cluster:
+            if self.url.startswith("unix://"):
+                raise _field_error("url", "Redis Cluster needs TCP seed nodes")
+            db = self.url.partition("://")[2].partition("/")[2]
+            if db not in ("", "0"):
+                raise _field_error("url", "Redis Cluster has database 0 only")
+        return self
+
+    @property
+    def is_cluster(self) -> bool:
+        """Whether this is a Redis Cluster (``cluster = true`` or several seeds)."""
+        if self.url.startswith("redis+sentinel://"):
+            return False
+        netloc = self.url.partition("://")[2].split("/", 1)[0].rpartition("@")[2]
+        return self.cluster or "," in netloc
+
+    @property
+    def topology(self) -> Literal["single", "cluster", "sentinel"]:
+        """How the servers are reached."""
+        if self.is_cluster:
+            return "cluster"
+        if self.sentinel is not None or self.url.startswith("redis+sentinel://"):
+            return "sentinel"
+        return "single"
 
     @model_validator(mode="after")
     def _read_password_file(self) -> Self:
@@ -175,6 +276,10 @@ class SubscriptionSettings(BaseModel):
         group: the consumer group, created at start if missing.
         dead_letter_stream: where failed events go; ``"{stream}:dlq"`` if unset.
         dead_letter_max_len: approximate cap on the dead-letter stream, in entries.
+        partitions: stream keys the logical stream is split into,
+            ``stream:{0}`` ... ``stream:{P-1}``; 1 is the plain ``stream``.
+        ordered: each partition is handled by at most one worker process of
+            the whole fleet at a time (a lease in Redis), in stream order.
     """
 
     model_config = _SECTION
@@ -183,6 +288,8 @@ class SubscriptionSettings(BaseModel):
     group: str = Field(default="agents", min_length=1)
     dead_letter_stream: str | None = Field(default=None, min_length=1)
     dead_letter_max_len: int = Field(default=100_000, ge=1, le=2**63 - 1)
+    partitions: int = Field(default=1, ge=1, le=1024)
+    ordered: bool = False
 
     @property
     def dead_letter_key(self) -> str:
@@ -273,6 +380,8 @@ class Settings(BaseSettings):
         name_prefix: prefix of consumer names; the host name if unset.
         name_lease_s: lifetime of the lease a worker holds on its consumer
             names; a second worker with the same names takes ``{base}.1``.
+        partition_lease_s: lifetime of a worker's lease on a partition of an
+            ordered subscription; a dead worker's partitions move after it.
         subscriptions: the (stream, group) pairs to consume.
         redis: see `RedisSettings`.
         reaper: see `ReaperSettings`.
@@ -301,6 +410,7 @@ class Settings(BaseSettings):
     name_prefix: str | None = Field(default=None, min_length=1)
     # Renewed every third of it: under a second, one slow round trip loses it.
     name_lease_s: float = Field(default=30.0, ge=1, le=_DAY_S)
+    partition_lease_s: float = Field(default=10.0, ge=1, le=_DAY_S)
     subscriptions: list[SubscriptionSettings] = Field(
         default_factory=lambda: [SubscriptionSettings(stream="agent_output")],
         min_length=1,
@@ -521,4 +631,7 @@ def redacted(settings: Settings) -> dict[str, Any]:
     redis["url"] = redact_url(settings.redis.url)
     if settings.redis.password is not None:
         redis["password"] = _MASK
+    sentinel = settings.redis.sentinel
+    if sentinel is not None and sentinel.password is not None:
+        redis["sentinel"]["password"] = _MASK
     return data

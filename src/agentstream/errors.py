@@ -11,6 +11,7 @@ __all__ = [
     "HandlerConflict",
     "PermissionDenied",
     "Refused",
+    "ReplicationTimeout",
     "Retry",
     "StartupError",
     "TransportError",
@@ -75,6 +76,23 @@ class PermissionDenied(Refused):
 
     def __init__(self, message: str, operation: str = "other") -> None:
         super().__init__(message, operation, "NOPERM")
+
+
+class ReplicationTimeout(TransportError):
+    """Fewer replicas than ``wait_replicas`` confirmed a write in time (WAIT).
+
+    The entry is on the primary and may still replicate; a failover before it
+    does would lose it. Publishing again is safe under at-least-once delivery.
+
+    Attributes:
+        entry_id: the id the primary gave the entry.
+        replicas: how many replicas confirmed it.
+    """
+
+    def __init__(self, message: str, entry_id: str, replicas: int) -> None:
+        super().__init__(message, "wait")
+        self.entry_id = entry_id
+        self.replicas = replicas
 
 
 class StartupError(Exception):

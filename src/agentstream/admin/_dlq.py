@@ -24,6 +24,11 @@ from agentstream.admin._common import (
 from agentstream.config import Settings
 from agentstream.transport.admin_ops import AdminOps
 from agentstream.transport.core import RawFields
+from agentstream.transport.keys import (
+    derived_key,
+    partition_streams,
+    physical_subscriptions,
+)
 
 #: Entries read per XRANGE while filtering.
 _PAGE = 500
@@ -64,14 +69,29 @@ class Filters:
 
 
 def dead_letter_key(settings: Settings, stream: str | None) -> str:
-    """The dead-letter stream of ``stream`` (default: the first subscription's)."""
-    subscriptions = settings.subscriptions
+    """The dead-letter stream of ``stream`` (default: the first subscription's).
+
+    A partitioned subscription has one dead-letter stream per partition: name
+    the partition (``orders:{3}``); ``agentstream stats`` shows each and the total.
+
+    Raises:
+        UsageError: ``stream`` names a partitioned stream, not one partition.
+    """
+    cluster = settings.redis.is_cluster
+    logical = settings.subscriptions
     if stream is None:
-        return subscriptions[0].dead_letter_key
-    for sub in subscriptions:
-        if sub.stream == stream:
-            return sub.dead_letter_key
-    return f"{stream}:dlq"
+        stream = logical[0].stream
+    for sub in logical:
+        if sub.stream == stream and sub.partitions > 1:
+            first, *_, last = partition_streams(sub.stream, sub.partitions)
+            raise UsageError(
+                f"{stream} has {sub.partitions} partitions, each with its own "
+                f"dead-letter stream: name one with --stream ({first} ... {last})"
+            )
+        for physical in physical_subscriptions(sub, cluster=cluster):
+            if physical.stream == stream:
+                return physical.dead_letter_key
+    return derived_key(stream, "dlq", cluster=cluster)
 
 
 async def _select(

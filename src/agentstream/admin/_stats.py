@@ -9,6 +9,7 @@ from typing import Any
 from agentstream.admin._common import Context, duration, out, table, text
 from agentstream.config import SubscriptionSettings
 from agentstream.transport.admin_ops import AdminOps
+from agentstream.transport.keys import physical_subscriptions
 
 
 def _ms_part(entry_id: str) -> int:
@@ -102,19 +103,56 @@ def _render(subscriptions: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _total(
+    logical: SubscriptionSettings, parts: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """A partitioned subscription's sums over its partitions (lag: None if any is)."""
+
+    def summed(name: str) -> int | None:
+        values = [p[name] for p in parts]
+        return None if None in values else sum(values)
+
+    return {
+        "stream": logical.stream,
+        "group": logical.group,
+        "partitions": len(parts),
+        "length": sum(p["length"] for p in parts),
+        "lag": summed("lag"),
+        "pending": summed("pending"),
+        "dead_letters": sum(p["dead_letters"] for p in parts),
+    }
+
+
 async def run_stats(args: argparse.Namespace, ctx: Context) -> int:
-    """Print the state of every subscription, as a table or as JSON."""
-    subscriptions = []
+    """Print the state of every stream key (each partition) and partition totals."""
+    subscriptions: list[dict[str, Any]] = []
+    totals: list[dict[str, Any]] = []
     now_ms: int | None = None
-    for sub in ctx.settings.subscriptions:
-        transport = ctx.transport(sub.stream, sub.group)
-        if now_ms is None:
-            # The server's clock: the ids are its milliseconds, not ours.
-            now_ms = await transport.aserver_time_ms()
-        subscriptions.append(await _subscription_stats(transport, sub, now_ms))
+    cluster = ctx.settings.redis.is_cluster
+    for logical in ctx.settings.subscriptions:
+        parts = []
+        for sub in physical_subscriptions(logical, cluster=cluster):
+            transport = ctx.transport(sub.stream, sub.group)
+            if now_ms is None:
+                # The server's clock: the ids are its milliseconds, not ours.
+                now_ms = await transport.aserver_time_ms()
+            parts.append(await _subscription_stats(transport, sub, now_ms))
+        subscriptions += parts
+        if logical.partitions > 1:
+            totals.append(_total(logical, parts))
     if args.json:
-        out(json.dumps({"subscriptions": subscriptions}, indent=2))
-    else:
-        for line in _render(subscriptions):
+        out(json.dumps({"subscriptions": subscriptions, "totals": totals}, indent=2))
+        return 0
+    for line in _render(subscriptions):
+        out(line)
+    if totals:
+        rows = [
+            [t["stream"], t["group"], str(t["partitions"]), str(t["length"]),
+             _cell(t["lag"], "unknown"), _cell(t["pending"]), str(t["dead_letters"])]
+            for t in totals
+        ]  # fmt: skip
+        headers = ["STREAM", "GROUP", "PARTITIONS", "LENGTH", "LAG", "PENDING"]
+        out("")
+        for line in table([*headers, "DEAD LETTERS"], rows, right={2, 3, 4, 5, 6}):
             out(line)
     return 0

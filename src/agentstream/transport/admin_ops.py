@@ -34,7 +34,10 @@ class AdminOps(StreamCore):
 
     async def aserver_time_ms(self) -> int:
         """Return the Redis server's clock (TIME) in Unix milliseconds."""
-        seconds, micros = await self.acall("time", self.raw.time)
+        reply: Any = await self.acall("time", self.raw.time)
+        if isinstance(reply, dict):  # a cluster client asked several nodes
+            reply = next(iter(reply.values()))
+        seconds, micros = reply
         return int(seconds) * 1000 + int(micros) // 1000
 
     async def apending_summary(self) -> dict[str, Any] | None:
@@ -67,7 +70,7 @@ class AdminOps(StreamCore):
         try:
             rows = await self.acall(
                 "xinfo consumers",
-                lambda: self.raw.xinfo_consumers(self.stream, self.group),
+                lambda: self.axinfo(self.raw, "XINFO CONSUMERS", self.group),
             )
         except NoGroup:
             return None
@@ -125,14 +128,26 @@ class AdminOps(StreamCore):
         if not moves:
             return []
 
+        def arguments(entry_id: str, fields: RawFields) -> list[Any]:
+            args: list[Any] = [entry_id]
+            for name, value in fields.items():
+                args.extend((name, value))
+            return args
+
         async def run() -> list[Any]:
-            async with self.raw.pipeline(transaction=False) as pipe:
+            if self.cluster:
+                # redis-py's cluster pipeline does not load scripts first (a
+                # NOSCRIPT would fail the batch): one call per entry instead.
+                return [
+                    await self._move(keys=[source, target], args=arguments(i, f))
+                    for i, target, f in moves
+                ]
+            pipeline: Any = self.raw.pipeline(transaction=False)
+            async with pipeline as pipe:
                 for entry_id, target, fields in moves:
-                    args: list[Any] = [entry_id]
-                    for name, value in fields.items():
-                        args.extend((name, value))
+                    args = arguments(entry_id, fields)
                     await self._move(keys=[source, target], args=args, client=pipe)
-                return await pipe.execute()
+                return list(await pipe.execute())
 
         results = await self.acall("xadd/xdel", run)
         return [None if new_id is None else decode_id(new_id) for new_id in results]

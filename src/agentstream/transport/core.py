@@ -6,10 +6,9 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Protocol, Self, TypeVar
-from urllib.parse import urlsplit
 
 import anyio
 import redis.exceptions as rex
@@ -17,6 +16,7 @@ import redis.exceptions as rex
 from agentstream import errors
 from agentstream.event import encode_fields
 from agentstream.transport import scripts as _scripts
+from agentstream.transport.keys import derived_key
 from agentstream.transport.pool import RedisConnectionPool
 
 __all__ = [
@@ -127,14 +127,6 @@ def refusal_code(text: str, exc: Exception | None = None) -> str | None:
     return None if match is None else match.group(1)
 
 
-def _location(url: str) -> str:
-    """Describe where a URL points without any credentials in it."""
-    parts = urlsplit(url)
-    if parts.scheme == "unix":
-        return f"unix:{parts.path}"
-    return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
-
-
 def decode_id(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -162,7 +154,8 @@ class StreamCore:
         self.max_len = max_len
         self._owns_pool = pool is None
         self._pool = pool if pool is not None else RedisConnectionPool(redis_url)
-        self._where = _location(self._pool.redis_url)
+        self._where = self._pool.location
+        self.cluster = self._pool.cluster
         self._secrets = self._pool.secrets
         self.sync = self._pool.get_sync_client()
         self.aio = self._pool.get_async_client()
@@ -176,6 +169,9 @@ class StreamCore:
         self._release = self.raw.register_script(_scripts.RELEASE)
         self._move = self.raw.register_script(_scripts.MOVE)
         self._delete_idle = self.raw.register_script(_scripts.DELETE_IDLE_CONSUMERS)
+        self._acquire_partition = self.raw.register_script(_scripts.ACQUIRE_PARTITION)
+        self._renew_partition = self.raw.register_script(_scripts.RENEW_PARTITION)
+        self._members = self.raw.register_script(_scripts.MEMBERS)
 
     @classmethod
     def attach(
@@ -392,22 +388,113 @@ class StreamCore:
 
     # -- commands the seed API, the worker and the operator share ------------
 
+    async def axinfo(self, client: Any, command: str, *args: Any) -> Any:
+        """Run ``command`` (``"XINFO GROUPS"``, ...) on this stream.
+
+        On a cluster it goes straight to the node of the stream's slot: redis-py's
+        cluster client does not always find the key of an XINFO subcommand
+        ("No way to dispatch this command ... Missing key").
+        """
+        if not self.cluster:
+            return await client.execute_command(command, self.stream, *args)
+        await client.initialize()
+        node = client.get_node_from_key(self.stream)
+        return await client.execute_command(
+            command, self.stream, *args, target_nodes=node
+        )
+
+    def derived_key(self, suffix: str) -> str:
+        """A key of this stream, in its cluster slot (see ``transport.keys``)."""
+        return derived_key(self.stream, suffix, cluster=self.cluster)
+
+    def publish_fields(self, fields: dict[Any, Any]) -> str:
+        """XADD ``fields`` (approximate MAXLEN), then WAIT if the pool asks to."""
+        wait = self._pool.wait_replicas
+        xadd: dict[str, Any] = {"maxlen": self.max_len, "approximate": True}
+        if not wait:
+            return decode_id(
+                self.call("xadd", lambda: self.sync.xadd(self.stream, fields, **xadd))
+            )
+
+        def run() -> list[Any]:
+            client: Any = self.sync
+            if self.cluster:  # XADD and WAIT on one connection to the slot's node
+                client = client.get_node_from_key(self.stream).redis_connection
+            try:
+                with client.pipeline(transaction=False) as pipe:
+                    pipe.xadd(self.stream, fields, **xadd)
+                    pipe.wait(wait, self._pool.wait_timeout_ms)
+                    return list(pipe.execute())
+            except (rex.ConnectionError, rex.TimeoutError, rex.ResponseError):
+                if self.cluster:  # the node failed or lost the slot: relearn
+                    with suppress(rex.RedisError, OSError):
+                        self._pool.refresh_topology()
+                raise
+
+        entry_id, replicas = self.call("xadd", run)
+        return self._replicated(decode_id(entry_id), int(replicas))
+
+    async def apublish_fields(self, fields: dict[Any, Any]) -> str:
+        """Async version of ``publish_fields()``."""
+        wait = self._pool.wait_replicas
+        xadd: dict[str, Any] = {"maxlen": self.max_len, "approximate": True}
+        if not wait:
+            return decode_id(
+                await self.acall(
+                    "xadd", lambda: self.aio.xadd(self.stream, fields, **xadd)
+                )
+            )
+
+        async def run() -> list[Any]:
+            client: Any = self.aio
+            if self.cluster:
+                client = await self._pool.anode_client(self.stream)
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.xadd(self.stream, fields, **xadd)
+                pipe.wait(wait, self._pool.wait_timeout_ms)
+                return list(await pipe.execute())
+
+        try:
+            with self.translated("xadd"):
+                entry_id, replicas = await run()
+        except errors.TransportError as exc:
+            # Our node client follows no redirection: after a resharding or a
+            # failover, learn the slot map again (and retry a MOVED once).
+            if not self.cluster:
+                raise
+            with suppress(rex.RedisError, OSError):
+                await self._pool.arefresh_topology()
+            if "MOVED" not in str(exc):
+                raise
+            with self.translated("xadd"):
+                entry_id, replicas = await run()
+        return self._replicated(decode_id(entry_id), int(replicas))
+
+    def _replicated(self, entry_id: str, replicas: int) -> str:
+        wanted = self._pool.wait_replicas
+        if replicas < wanted:
+            raise errors.ReplicationTimeout(
+                f"entry {entry_id} of {self.stream} reached {replicas} of "
+                f"{wanted} replicas within {self._pool.wait_timeout_ms} ms "
+                f"(WAIT at {self._where}); a failover now could lose it",
+                entry_id,
+                replicas,
+            )
+        return entry_id
+
     async def apublish(
         self,
         event_type: str,
         data: dict[str, Any],
         metadata: dict[str, Any] | None = None,
     ) -> str:
-        """Publish an event (XADD with approximate MAXLEN); returns the new id."""
+        """Publish an event (XADD with approximate MAXLEN); returns the new id.
+
+        With the pool's ``wait_replicas`` above 0, returns once that many
+        replicas have it (WAIT), else raises ``ReplicationTimeout``.
+        """
         fields: dict[Any, Any] = encode_fields(event_type, data, metadata)
-        return decode_id(
-            await self.acall(
-                "xadd",
-                lambda: self.aio.xadd(
-                    self.stream, fields, maxlen=self.max_len, approximate=True
-                ),
-            )
-        )
+        return await self.apublish_fields(fields)
 
     async def aack(self, ids: Sequence[str | bytes]) -> int:
         """Acknowledge ids (XACK); returns how many were pending."""
@@ -452,7 +539,7 @@ class StreamCore:
         """Return XINFO GROUPS for this group (``lag`` may be None), or None."""
         try:
             rows = await self.acall(
-                "xinfo groups", lambda: self.aio.xinfo_groups(self.stream)
+                "xinfo groups", lambda: self.axinfo(self.aio, "XINFO GROUPS")
             )
         except errors.TransportError as exc:
             if "no such key" in str(exc):
@@ -530,7 +617,7 @@ class StreamCore:
         """
         try:
             with self.translated("xinfo"):
-                raw = await self.raw.xinfo_stream(self.stream)
+                raw = await self.axinfo(self.raw, "XINFO STREAM")
         except errors.ConnectionError:
             raise
         except errors.TransportError as exc:

@@ -1,22 +1,39 @@
-"""A shared set of sync and async Redis connections for many transports."""
+"""A shared set of sync and async Redis connections for many transports.
+
+One server, a Redis Cluster (redis-py's ``RedisCluster``: MOVED/ASK
+redirections, topology refresh and failed nodes are its business) or a
+Sentinel-managed primary (redis-py's ``Sentinel``: each new connection asks the
+Sentinels where the primary is, and a demoted primary's READONLY reply drops
+the connection).
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote, urlsplit
 
 import redis
 import redis.asyncio as aioredis
+import redis.asyncio.cluster as aiocluster
 import redis.asyncio.retry as aioretry
+import redis.asyncio.sentinel as aiosentinel
+import redis.cluster
 import redis.retry
+import redis.sentinel
 from redis.backoff import ExponentialWithJitterBackoff
 
-from agentstream.config import RedisSettings
+from agentstream.config import RedisSettings, host_port
 
 if TYPE_CHECKING:
     from agentstream.transport.core import CallObserver
 
-__all__ = ["RedisConnectionPool", "pool_from_settings"]
+__all__ = ["RedisConnectionPool", "pool_from_settings", "split_hosts"]
+
+#: A sync client of any topology.
+SyncClient = redis.Redis | redis.cluster.RedisCluster
+#: An async client of any topology.
+AsyncClient = aioredis.Redis | aiocluster.RedisCluster
 
 # redis-py's default read timeout (5 s) would cut off an XREADGROUP that blocks
 # longer; transports keep every blocking call below this value instead.
@@ -33,6 +50,25 @@ def _backoff() -> ExponentialWithJitterBackoff:
     return ExponentialWithJitterBackoff(cap=0.5, base=0.05)
 
 
+def split_hosts(url: str) -> tuple[str, str | None, str | None, list[str], str]:
+    """Split a URL that may list several hosts (``redis://u:p@a:1,b:2/path``).
+
+    Returns:
+        ``(scheme, username, password, ["host:port", ...], path)``, credentials
+        unquoted, ``path`` without its leading slash.
+    """
+    scheme, _, rest = url.partition("://")
+    netloc, _, path = rest.partition("/")
+    userinfo, _, hosts = netloc.rpartition("@")
+    username: str | None = None
+    password: str | None = None
+    if userinfo:
+        user, sep, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if sep else None
+    return scheme, username, password, hosts.split(","), path
+
+
 class RedisConnectionPool:
     """One shared set of sync and async Redis connections.
 
@@ -41,10 +77,22 @@ class RedisConnectionPool:
     itself when done.
 
     Args:
-        redis_url: ``redis://``, ``rediss://`` or ``unix://`` URL.
-        max_connections: the most connections of each kind (sync, async).
+        redis_url: ``redis://``, ``rediss://`` or ``unix://`` URL; with
+            ``cluster``, its hosts (``redis://a:7000,b:7000``) are seed nodes;
+            ``redis+sentinel://[user:pass@]s1:26379,s2:26379/service[/db]``
+            names Sentinels and the service they watch.
+        max_connections: the most connections of each kind (sync, async), per
+            node on a cluster.
         decode_responses: return ``str`` instead of ``bytes`` from the clients.
-        **connection_kwargs: more options for redis-py's connection pool, such as
+        cluster: the URL's hosts are seed nodes of a Redis Cluster.
+        sentinels: ``(host, port)`` of Sentinels to ask for the primary of
+            ``service_name`` (instead of the URL's host).
+        service_name: the name the Sentinels monitor the primary under.
+        sentinel_kwargs: connection options for the Sentinels themselves
+            (``username``, ``password``).
+        wait_replicas: replicas that must confirm each publish (WAIT); 0: none.
+        wait_timeout_ms: longest WAIT, in ms.
+        **connection_kwargs: more options for redis-py's connections, such as
             ``username``, ``password``, ``ssl_ca_certs`` or ``socket_timeout``.
     """
 
@@ -53,8 +101,17 @@ class RedisConnectionPool:
         redis_url: str = "redis://localhost:6379",
         max_connections: int = 20,
         decode_responses: bool = True,
+        *,
+        cluster: bool = False,
+        sentinels: Sequence[tuple[str, int]] = (),
+        service_name: str | None = None,
+        sentinel_kwargs: dict[str, Any] | None = None,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 1000,
         **connection_kwargs: Any,
     ) -> None:
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
         self._redis_url = redis_url
         self._max_connections = max_connections
         self._decode_responses = decode_responses
@@ -64,20 +121,46 @@ class RedisConnectionPool:
             "health_check_interval": 0,
             **connection_kwargs,
         }
-        self._sync_pool = redis.ConnectionPool.from_url(
-            redis_url,
-            max_connections=max_connections,
-            decode_responses=decode_responses,
-            retry=redis.retry.Retry(
-                _backoff(), _RETRIES, supported_errors=(redis.ConnectionError,)
-            ),
-            **self._kwargs,
+        scheme, user, password, hosts, path = split_hosts(redis_url)
+        self._sentinels = list(sentinels)
+        self._service = service_name
+        self._sentinel_kwargs = dict(sentinel_kwargs or {})
+        if scheme == "redis+sentinel":
+            self._sentinels = [host_port(h) for h in hosts]
+            self._service, _, db = path.partition("/")
+            for name, value in (("username", user), ("password", password)):
+                if value is not None:
+                    self._kwargs.setdefault(name, value)
+                    self._sentinel_kwargs.setdefault(name, value)
+            if db:
+                self._kwargs["db"] = int(db)
+        self.topology: Literal["single", "cluster", "sentinel"] = (
+            "cluster" if cluster else "sentinel" if self._sentinels else "single"
         )
-        self._sync_client: redis.Redis | None = None
+        if self.topology == "cluster":
+            self._seeds = [host_port(h) for h in hosts]
+            for name, value in (("username", user), ("password", password)):
+                if value is not None:
+                    self._kwargs.setdefault(name, value)
+            if scheme == "rediss":
+                self._kwargs["ssl"] = True
+        self._sync_pool: redis.ConnectionPool | None = None
+        if self.topology == "single":
+            self._sync_pool = redis.ConnectionPool.from_url(
+                redis_url,
+                max_connections=max_connections,
+                decode_responses=decode_responses,
+                retry=redis.retry.Retry(
+                    _backoff(), _RETRIES, supported_errors=(redis.ConnectionError,)
+                ),
+                **self._kwargs,
+            )
+        self._sync_client: SyncClient | None = None
         #: Told the outcome of every async command of the transports on this pool.
         self.observer: CallObserver | None = None
-        self._async_client: aioredis.Redis | None = None
-        self._raw_async_client: aioredis.Redis | None = None
+        self._async_client: AsyncClient | None = None
+        self._raw_async_client: AsyncClient | None = None
+        self._node_clients: dict[tuple[str, int], aioredis.Redis] = {}
 
     @property
     def redis_url(self) -> str:
@@ -91,16 +174,43 @@ class RedisConnectionPool:
 
     @property
     def sync_pool(self) -> redis.ConnectionPool:
-        """The underlying redis-py connection pool of the sync client."""
+        """The underlying redis-py connection pool of the sync client.
+
+        Raises:
+            RuntimeError: on a cluster or behind Sentinel (no single pool).
+        """
+        if self._sync_pool is None:
+            raise RuntimeError(f"a {self.topology} pool has no single sync pool")
         return self._sync_pool
+
+    @property
+    def cluster(self) -> bool:
+        """Whether this pool speaks to a Redis Cluster."""
+        return self.topology == "cluster"
+
+    @property
+    def location(self) -> str:
+        """Where the pool connects, without credentials."""
+        if self.topology == "sentinel":
+            where = ",".join(f"{h}:{p}" for h, p in self._sentinels)
+            return f"sentinel {self._service}@{where}"
+        if self.topology == "cluster":
+            return "cluster " + ",".join(f"{h}:{p}" for h, p in self._seeds)
+        parts = urlsplit(self._redis_url)
+        if parts.scheme == "unix":
+            return f"unix:{parts.path}"
+        return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
 
     @property
     def secrets(self) -> list[str]:
         """Passwords this pool connects with, to keep out of error messages."""
-        password = urlsplit(self._redis_url).password
-        found = [unquote(password)] if password else []
-        if self._kwargs.get("password"):
-            found.append(str(self._kwargs["password"]))
+        password = split_hosts(self._redis_url)[2]
+        found = [password] if password else []
+        found.extend(
+            str(kwargs["password"])
+            for kwargs in (self._kwargs, self._sentinel_kwargs)
+            if kwargs.get("password")
+        )
         return found
 
     @property
@@ -109,19 +219,54 @@ class RedisConnectionPool:
         value = self._kwargs.get("socket_timeout")
         return None if value is None else float(value)
 
-    def get_sync_client(self) -> redis.Redis:
+    def get_sync_client(self) -> SyncClient:
         """Return the pool's sync client (the same one on every call)."""
         if self._sync_client is None:
-            self._sync_client = redis.Redis(connection_pool=self._sync_pool)
+            self._sync_client = self._new_sync_client()
         return self._sync_client
 
-    def get_async_client(self) -> aioredis.Redis:
+    def _new_sync_client(self) -> SyncClient:
+        if self.topology == "cluster":
+            return redis.cluster.RedisCluster(
+                startup_nodes=[
+                    redis.cluster.ClusterNode(h, p)  # type: ignore[no-untyped-call]
+                    for h, p in self._seeds
+                ],
+                decode_responses=self._decode_responses,
+                max_connections=self._max_connections,
+                **self._kwargs,
+            )
+        if self.topology == "sentinel":
+            sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+                self._sentinels,
+                sentinel_kwargs=self._sentinel_options(),
+                **self._kwargs,
+            )
+            client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+                str(self._service),
+                decode_responses=self._decode_responses,
+                max_connections=self._max_connections,
+                retry=redis.retry.Retry(
+                    _backoff(), _RETRIES, supported_errors=(redis.ConnectionError,)
+                ),
+            )
+            return client
+        return redis.Redis(connection_pool=self.sync_pool)
+
+    def _sentinel_options(self) -> dict[str, Any]:
+        return {
+            "socket_timeout": self._kwargs["socket_connect_timeout"],
+            "socket_connect_timeout": self._kwargs["socket_connect_timeout"],
+            **self._sentinel_kwargs,
+        }
+
+    def get_async_client(self) -> AsyncClient:
         """Return the pool's async client (the same one on every call)."""
         if self._async_client is None:
             self._async_client = self._new_async_client(self._decode_responses)
         return self._async_client
 
-    def get_raw_async_client(self) -> aioredis.Redis:
+    def get_raw_async_client(self) -> AsyncClient:
         """Return an async client that returns undecoded ``bytes``.
 
         The worker reads through it so that one entry holding bytes that are not
@@ -133,7 +278,29 @@ class RedisConnectionPool:
             self._raw_async_client = self._new_async_client(False)
         return self._raw_async_client
 
-    def _new_async_client(self, decode_responses: bool) -> aioredis.Redis:
+    def _new_async_client(self, decode_responses: bool) -> AsyncClient:
+        if self.topology == "cluster":
+            return aiocluster.RedisCluster(
+                startup_nodes=[aiocluster.ClusterNode(h, p) for h, p in self._seeds],
+                decode_responses=decode_responses,
+                max_connections=self._max_connections,
+                **self._kwargs,
+            )
+        if self.topology == "sentinel":
+            sentinel = aiosentinel.Sentinel(  # type: ignore[no-untyped-call]
+                self._sentinels,
+                sentinel_kwargs=self._sentinel_options(),
+                **self._kwargs,
+            )
+            aclient: aioredis.Redis = sentinel.master_for(
+                str(self._service),
+                decode_responses=decode_responses,
+                max_connections=self._max_connections,
+                retry=aioretry.Retry(
+                    _backoff(), _RETRIES, supported_errors=(redis.ConnectionError,)
+                ),
+            )
+            return aclient
         pool = aioredis.ConnectionPool.from_url(
             self._redis_url,
             max_connections=self._max_connections,
@@ -145,19 +312,61 @@ class RedisConnectionPool:
         )
         return aioredis.Redis.from_pool(pool)
 
+    async def anode_client(self, key: str) -> aioredis.Redis:
+        """A decoding client on the cluster node that serves ``key``'s slot now.
+
+        WAIT counts the replicas that have every write sent *on its own
+        connection* before it, so a write that WAIT must cover goes through
+        this client in one pipeline with the WAIT (redis-py's cluster client
+        would send WAIT to every primary, on other connections).
+        """
+        cluster = self.get_async_client()
+        assert isinstance(cluster, aiocluster.RedisCluster)
+        await cluster.initialize()  # once: the slot map is read on first use
+        node = cluster.get_node_from_key(key)
+        if node is None:
+            raise redis.ConnectionError(f"no cluster node serves the slot of {key!r}")
+        address = (str(node.host), int(node.port))
+        client = self._node_clients.get(address)
+        if client is None:
+            client = aioredis.Redis(
+                host=address[0],
+                port=address[1],
+                decode_responses=True,
+                max_connections=self._max_connections,
+                **self._kwargs,
+            )
+            self._node_clients[address] = client
+        return client
+
+    def refresh_topology(self) -> None:
+        """Ask the cluster for its slot map again, on the sync client."""
+        cluster = self.get_sync_client()
+        if isinstance(cluster, redis.cluster.RedisCluster):
+            cluster.nodes_manager.initialize()
+
+    async def arefresh_topology(self) -> None:
+        """Ask the cluster for its slot map again (after a MOVED seen by hand)."""
+        cluster = self.get_async_client()
+        if isinstance(cluster, aiocluster.RedisCluster):
+            await cluster.nodes_manager.initialize()
+
     def close(self) -> None:
         """Close the sync connections."""
         if self._sync_client is not None:
             self._sync_client.close()
             self._sync_client = None
-        self._sync_pool.disconnect()
+        if self._sync_pool is not None:
+            self._sync_pool.disconnect()
 
     async def aclose(self) -> None:
         """Close the async connections (and the sync ones)."""
-        for client in (self._async_client, self._raw_async_client):
+        clients = [self._async_client, self._raw_async_client]
+        for client in [*clients, *self._node_clients.values()]:
             if client is not None:
                 await client.aclose()
         self._async_client = self._raw_async_client = None
+        self._node_clients.clear()
         self.close()
 
 
@@ -169,6 +378,23 @@ def pool_from_settings(
         "socket_timeout": socket_timeout_s,
         "socket_connect_timeout": settings.socket_connect_timeout_s,
     }
+    topology: dict[str, Any] = {
+        "cluster": settings.is_cluster,
+        "wait_replicas": settings.wait_replicas,
+        "wait_timeout_ms": settings.wait_timeout_ms,
+    }
+    if settings.sentinel is not None:
+        sentinel_kwargs: dict[str, Any] = {}
+        if settings.sentinel.username is not None:
+            sentinel_kwargs["username"] = settings.sentinel.username
+        if settings.sentinel.password is not None:
+            secret = settings.sentinel.password.get_secret_value()
+            sentinel_kwargs["password"] = secret
+        topology.update(
+            sentinels=settings.sentinel.nodes(),
+            service_name=settings.sentinel.service_name,
+            sentinel_kwargs=sentinel_kwargs,
+        )
     if not settings.url.startswith("unix://"):  # Unix sockets take no keepalive
         kwargs["socket_keepalive"] = True
     if settings.username is not None:
@@ -184,4 +410,6 @@ def pool_from_settings(
             ssl_cert_reqs=settings.ssl_cert_reqs,
             ssl_check_hostname=settings.ssl_check_hostname,
         )
-    return RedisConnectionPool(settings.url, max_connections=max_connections, **kwargs)
+    return RedisConnectionPool(
+        settings.url, max_connections=max_connections, **topology, **kwargs
+    )

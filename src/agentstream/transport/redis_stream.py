@@ -18,7 +18,6 @@ from agentstream.transport.core import (
     RawEntry,
     RawFields,
     StreamCore,
-    decode_id,
     pending_entries,
     pending_summary,
 )
@@ -131,14 +130,7 @@ class RedisStreamTransport:
             The new entry id.
         """
         fields: dict[Any, Any] = encode_fields(event_type, data, metadata)
-        return decode_id(
-            self._core.call(
-                "xadd",
-                lambda: self._core.sync.xadd(
-                    self._core.stream, fields, maxlen=self.max_len, approximate=True
-                ),
-            )
-        )
+        return self._core.publish_fields(fields)
 
     async def apublish(
         self,

@@ -8,6 +8,8 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "xclaim": ("evalsha", "xpending", "xrange", "xack", "xclaim"),
     "xgroup delconsumer": ("evalsha", "xinfo", "xgroup"),
     "lease": ("evalsha", "get", "set", "del"),
+    "partition lease": ("evalsha", "get", "set", "incr", "pexpire", "del"),
+    "members": ("evalsha", "time", "zadd", "zremrangebyscore", "pexpire", "zrange"),
     "xadd/xdel": ("evalsha", "xdel", "xadd"),
 }
 
@@ -127,4 +129,39 @@ end
 local fields = {}
 for i = 2, #ARGV do fields[#fields + 1] = ARGV[i] end
 return redis.call('XADD', KEYS[2], '*', unpack(fields))
+"""
+
+# KEYS[1] partition lease, KEYS[2] its fencing counter; ARGV member, ttl_ms
+# Takes a free partition lease with a new fencing token (INCR of the counter,
+# so each owner in turn holds a larger one). The lease value is
+# "<token>:<member>". Returns the token, or 0 when another member holds it.
+ACQUIRE_PARTITION = """
+if redis.call('GET', KEYS[1]) ~= false then
+  return 0
+end
+local token = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], token .. ':' .. ARGV[1], 'PX', tonumber(ARGV[2]))
+return token
+"""
+
+# KEYS[1] partition lease; ARGV value ("<token>:<member>"), ttl_ms
+# Extends the lease only if this very value (token included) still holds it.
+RENEW_PARTITION = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+end
+return 0
+"""
+
+# KEYS[1] the members of a logical stream's group (a sorted set); ARGV member,
+# ttl_ms. Records that member is alive now (Redis' clock, so hosts' clocks do
+# not matter), forgets members silent for ttl_ms, returns the live ones sorted.
+MEMBERS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - ttl)
+redis.call('PEXPIRE', KEYS[1], ttl * 2)
+return redis.call('ZRANGE', KEYS[1], 0, -1)
 """

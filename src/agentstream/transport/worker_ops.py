@@ -17,6 +17,7 @@ from agentstream.transport.core import (
     decode_id,
     pairs_to_fields,
 )
+from agentstream.transport.keys import derived_key
 
 __all__ = ["WorkerOps"]
 
@@ -78,17 +79,19 @@ class WorkerOps(StreamCore):
 
         async def run() -> list[Any]:
             # Not MULTI: under maxmemory Redis refuses every command queued in a
-            # transaction, even those (XREADGROUP, XPENDING) it runs outside one.
+            # transaction, even those (XREADGROUP, XPENDING) it runs outside one,
+            # and redis-py's async cluster transactions fail on XREADGROUP.
             # The entries are this consumer's, their idle time just reset: no
             # reaper takes them between the two commands.
-            async with self.raw.pipeline(transaction=False) as pipe:
+            pipeline: Any = self.raw.pipeline(transaction=False)
+            async with pipeline as pipe:
                 pipe.xreadgroup(
                     self.group, consumer, {self.stream: after_id}, count=count
                 )
                 pipe.xpending_range(
                     self.stream, self.group, "-", "+", count * 2, consumer
                 )
-                return await pipe.execute()
+                return list(await pipe.execute())
 
         rows, pending = await self.acall("xreadgroup", run, recreate=True)
         if not rows or not rows[0][1]:
@@ -223,7 +226,7 @@ class WorkerOps(StreamCore):
     # -- failures remembered between deliveries ------------------------------
 
     def _error_key(self, entry_id: str) -> str:
-        return f"{self.stream}:lasterror:{self.group}:{entry_id}"
+        return self.derived_key(f"lasterror:{self.group}:{entry_id}")
 
     async def aset_last_error(self, entry_id: str, error: str, ttl_s: float) -> bool:
         """Remember the last error of an entry for ``ttl_s`` seconds (SET PX).
@@ -281,7 +284,7 @@ class WorkerOps(StreamCore):
         """
         rows = await self.acall(
             "xinfo consumers",
-            lambda: self.aio.xinfo_consumers(self.stream, self.group),
+            lambda: self.axinfo(self.aio, "XINFO CONSUMERS", self.group),
             recreate=True,
         )
         return [
@@ -297,7 +300,7 @@ class WorkerOps(StreamCore):
 
     def lease_key(self, name: str) -> str:
         """The key of the lease on a consumer-name base in this group."""
-        return f"{self.stream}:owner:{self.group}:{name}"
+        return self.derived_key(f"owner:{self.group}:{name}")
 
     async def aacquire_lease(self, name: str, token: str, ttl_ms: int) -> bool:
         """Take or extend the lease on ``name``; False when another holds it."""
@@ -313,3 +316,63 @@ class WorkerOps(StreamCore):
             "lease",
             lambda: self._release(keys=[self.lease_key(name)], args=[token]),
         )
+
+    # -- partition leases (ordered subscriptions) ------------------------------
+
+    def _partition_keys(self) -> list[str]:
+        return [
+            self.derived_key(f"lease:{self.group}"),
+            self.derived_key(f"fence:{self.group}"),
+        ]
+
+    async def aacquire_partition(self, member: str, ttl_ms: int) -> int:
+        """Take this stream's partition lease if free (SET NX PX in a script).
+
+        Returns:
+            The fencing token (a counter that grows with each new owner), or 0
+            when another member holds the lease.
+        """
+        script = self._acquire_partition
+        keys = self._partition_keys()
+        token = await self.acall(
+            "partition lease", lambda: script(keys=keys, args=[member, ttl_ms])
+        )
+        return int(token)
+
+    async def arenew_partition(self, member: str, token: int, ttl_ms: int) -> bool:
+        """Extend the lease held as ``token``; False when it was lost."""
+        script = self._renew_partition
+        keys = self._partition_keys()[:1]
+        args: list[str | int] = [f"{token}:{member}", ttl_ms]
+        return bool(
+            await self.acall("partition lease", lambda: script(keys=keys, args=args))
+        )
+
+    async def arelease_partition(self, member: str, token: int) -> None:
+        """Give the lease up, if ``token`` still holds it."""
+        keys = self._partition_keys()[:1]
+        value = f"{token}:{member}"
+        await self.acall(
+            "partition lease", lambda: self._release(keys=keys, args=[value])
+        )
+
+    async def apartition_owner(self) -> str | None:
+        """The lease value ``"<token>:<member>"`` of this partition, or None."""
+        key = self._partition_keys()[0]
+        value = await self.acall("get", lambda: self.raw.get(key))
+        return None if value is None else decode_id(value)
+
+    async def amembers(
+        self, logical_stream: str, member: str, ttl_ms: int
+    ) -> list[str]:
+        """Record ``member`` as alive in the group of ``logical_stream``.
+
+        Returns:
+            The members heard from within ``ttl_ms``, sorted (Redis' clock).
+        """
+        key = derived_key(logical_stream, f"members:{self.group}", cluster=self.cluster)
+        script = self._members
+        rows = await self.acall(
+            "members", lambda: script(keys=[key], args=[member, ttl_ms])
+        )
+        return sorted(decode_id(r) for r in rows)

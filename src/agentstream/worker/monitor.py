@@ -12,7 +12,7 @@ from typing import Protocol
 import anyio
 import structlog
 
-from agentstream.config import Settings
+from agentstream.config import Settings, SubscriptionSettings
 from agentstream.errors import StartupError, TransportError
 from agentstream.observe.counts import SweepResult
 from agentstream.observe.health import (
@@ -46,6 +46,8 @@ class Watched(Protocol):
 
     @property
     def settings(self) -> Settings: ...
+    @property
+    def subscriptions(self) -> Sequence[SubscriptionSettings]: ...
     @property
     def parent_pid(self) -> int | None: ...
     @property
@@ -125,7 +127,7 @@ class Monitor:
 
     async def report(self, transports: list[WorkerOps]) -> None:
         """Every ``reaper.interval_s``: counts, then each group's backlog."""
-        subs = list(self._sup.settings.subscriptions)
+        subs = list(self._sup.subscriptions)  # one per stream key (partition)
         while True:
             self.record_counts()
             error = None

@@ -37,6 +37,10 @@ class Reaper:
 
     Several reapers (processes, replicas) may sweep one group at once: claims are
     atomic and check idle time again, so an entry goes to one of them only.
+
+    ``spared`` consumers are never swept: an ordered partition's consumer
+    recovers its own pending entries, in stream order, when its next owner
+    starts; a reaper claiming them would handle them beside it, out of order.
     """
 
     def __init__(
@@ -44,10 +48,12 @@ class Reaper:
         consumer: Consumer,
         settings: ReaperSettings,
         live_consumers: Collection[str],
+        spared: Collection[str] = (),
     ) -> None:
         self.consumer = consumer
         self._settings = settings
         self._live = live_consumers
+        self._spared = frozenset(spared)
         self._wake = anyio.Event()
 
     def stop(self) -> None:
@@ -104,7 +110,9 @@ class Reaper:
         return [
             c["name"]
             for c in await self.consumer.transport.aconsumers()
-            if c["pending"] and (c["name"] == RETRY_CONSUMER or c["idle"] >= min_idle)
+            if c["pending"]
+            and c["name"] not in self._spared
+            and (c["name"] == RETRY_CONSUMER or c["idle"] >= min_idle)
         ]
 
     async def _sweep_owner(self, owner: str, result: SweepResult) -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from agentstream.app import App
 from agentstream.config import Settings, SubscriptionSettings
 from agentstream.errors import (
     AuthenticationError,
+    ConfigError,
     ConnectionError,
     PermissionDenied,
     Refused,
@@ -30,11 +32,13 @@ from agentstream.observe.metrics import (
     CollectorRegistry,
     MetricsServer,
 )
+from agentstream.transport.keys import partition_streams, physical_subscriptions
 from agentstream.transport.pool import RedisConnectionPool, pool_from_settings
 from agentstream.transport.worker_ops import WorkerOps
 from agentstream.worker.consumer import Consumer, describe_error
 from agentstream.worker.monitor import Monitor
 from agentstream.worker.names import NameLease, NamesExhausted
+from agentstream.worker.partitions import PartitionAssigner
 from agentstream.worker.reaper import Reaper
 from agentstream.worker.redis_state import RedisState, redis_cause
 
@@ -73,6 +77,38 @@ def jittered(delay_s: float) -> float:
     return delay_s * random.uniform(0.75, 1.25)
 
 
+class _PartitionLoops:
+    """The consumer and reaper of one owned partition, stopped as one."""
+
+    def __init__(self, token: int) -> None:
+        self.token = token
+        self.consumer: Consumer | None = None
+        self.reaper: Reaper | None = None
+        self.scope: anyio.CancelScope | None = None
+        self.cancelled = False
+        self.stopping = False
+        self.done = anyio.Event()
+
+    def is_stopping(self) -> bool:
+        """Whether the partition's loops were asked to stop (no restart then)."""
+        return self.stopping
+
+    async def stop(self, graceful: bool, grace_s: float) -> None:
+        """Stop now, or let the event in hand finish for up to ``grace_s``."""
+        self.stopping = True
+        if graceful:
+            for loop in (self.consumer, self.reaper):
+                if loop is not None:
+                    loop.stop()
+            with anyio.move_on_after(grace_s):
+                await self.done.wait()
+        self.cancelled = True
+        if self.scope is not None:
+            self.scope.cancel()
+        with anyio.move_on_after(grace_s):
+            await self.done.wait()
+
+
 class Supervisor:
     """Runs every consumer and reaper of one worker process in one task group.
 
@@ -97,6 +133,10 @@ class Supervisor:
         self.redis = RedisState()
         self.consumers: list[Consumer] = []
         self.reapers: list[Reaper] = []
+        #: One per stream key: a partitioned subscription gives one per partition.
+        self.subscriptions: list[SubscriptionSettings] = []
+        self.assigners: list[PartitionAssigner] = []
+        self._partition_scopes: dict[tuple[str, str], _PartitionLoops] = {}
         self.sweeps: list[SweepResult] = []
         self.restarts = 0
         self.started = anyio.Event()
@@ -191,7 +231,8 @@ class Supervisor:
             settings.redis,
             socket_timeout_s=settings.block_ms / 1000 + 10,
             max_connections=settings.redis.max_connections
-            + settings.consumers * len(settings.subscriptions),
+            + settings.consumers * len(settings.subscriptions)
+            + sum(s.partitions for s in settings.subscriptions),
         )
         pool.observer = self.redis
         server: MetricsServer | None = None
@@ -268,6 +309,14 @@ class Supervisor:
     # -- startup -------------------------------------------------------------
 
     async def _open(self, pool: RedisConnectionPool) -> list[WorkerOps] | None:
+        try:
+            self.subscriptions = [
+                physical
+                for sub in self.settings.subscriptions
+                for physical in physical_subscriptions(sub, cluster=pool.cluster)
+            ]
+        except ConfigError as exc:
+            raise StartupError(str(exc)) from None
         delay = _PROBE_MIN_S
         waiting_since = time.monotonic()
         reminded = waiting_since
@@ -277,7 +326,7 @@ class Supervisor:
                     await WorkerOps.aopen(
                         sub.stream, consumer_group=sub.group, pool=pool
                     )
-                    for sub in self.settings.subscriptions
+                    for sub in self.subscriptions
                 ]
             except (AuthenticationError, PermissionDenied) as exc:
                 raise StartupError(str(exc)) from None
@@ -330,19 +379,119 @@ class Supervisor:
         self, tg: anyio.abc.TaskGroup, transports: list[WorkerOps]
     ) -> None:
         limiter = anyio.CapacityLimiter(self.settings.sync_threads)
-        subs: list[SubscriptionSettings] = list(self.settings.subscriptions)
-        for sub, transport in zip(subs, transports, strict=True):
-            own: list[str] = []
-            for index in range(self.settings.consumers):
-                consumer = self._consumer(index, sub, transport, limiter)
-                own.append(consumer.name)
-                self._spawn(tg, consumer.name, consumer.run)
-            reaper_consumer = self._consumer("reaper", sub, transport, limiter)
-            own.append(reaper_consumer.name)
-            reaper = Reaper(reaper_consumer, self.settings.reaper, own)
-            self.reapers.append(reaper)
-            on_sweep = partial(self._swept, reaper)
-            self._spawn(tg, reaper_consumer.name, partial(reaper.run, on_sweep))
+        by_stream = dict(zip(self.subscriptions, transports, strict=True))
+        for logical in self.settings.subscriptions:
+            pairs = [
+                (sub, by_stream[sub])
+                for sub in self.subscriptions
+                if sub.group == logical.group
+                and sub.stream in partition_streams(logical.stream, logical.partitions)
+            ]
+            if logical.ordered:
+                self._start_ordered(tg, logical, pairs, limiter)
+                continue
+            # Unordered: every process reads every partition; the process's
+            # consumers are spread over them, at least one each.
+            per_partition = math.ceil(self.settings.consumers / len(pairs))
+            for sub, transport in pairs:
+                own: list[str] = []
+                for index in range(per_partition):
+                    consumer = self._consumer(index, sub, transport, limiter)
+                    own.append(consumer.name)
+                    self._spawn(tg, consumer.name, consumer.run)
+                self._start_reaper(tg, "reaper", sub, transport, limiter, own)
+
+    def _start_reaper(
+        self,
+        tg: anyio.abc.TaskGroup,
+        name: str,
+        sub: SubscriptionSettings,
+        transport: WorkerOps,
+        limiter: anyio.CapacityLimiter,
+        own: list[str],
+        done: Callable[[], bool] = lambda: False,
+        spared: Sequence[str] = (),
+    ) -> Reaper:
+        reaper_consumer = self._consumer(name, sub, transport, limiter)
+        own.append(reaper_consumer.name)
+        reaper = Reaper(reaper_consumer, self.settings.reaper, own, spared)
+        self.reapers.append(reaper)
+        on_sweep = partial(self._swept, reaper)
+        self._spawn(tg, reaper_consumer.name, partial(reaper.run, on_sweep), done)
+        return reaper
+
+    # -- ordered subscriptions: partitions owned through leases ----------------
+
+    def _start_ordered(
+        self,
+        tg: anyio.abc.TaskGroup,
+        logical: SubscriptionSettings,
+        pairs: list[tuple[SubscriptionSettings, WorkerOps]],
+        limiter: anyio.CapacityLimiter,
+    ) -> None:
+        def start(index: int, token: int) -> None:
+            sub, transport = pairs[index]
+            loops = _PartitionLoops(token)
+            self._partition_scopes[(sub.stream, sub.group)] = loops
+            tg.start_soon(self._run_partition, loops, sub, transport, limiter)
+
+        async def stop(index: int, graceful: bool) -> None:
+            sub = pairs[index][0]
+            loops = self._partition_scopes.pop((sub.stream, sub.group), None)
+            if loops is not None:
+                await loops.stop(graceful, self.settings.shutdown_timeout_s)
+
+        assigner = PartitionAssigner(
+            logical.stream,
+            [t for _, t in pairs],
+            self._name_base,
+            self.settings.partition_lease_s,
+            start,
+            stop,
+        )
+        self.assigners.append(assigner)
+        self._spawn(tg, f"{self._name_base}-assigner-{logical.stream}", assigner.run)
+
+    async def _run_partition(
+        self,
+        loops: _PartitionLoops,
+        sub: SubscriptionSettings,
+        transport: WorkerOps,
+        limiter: anyio.CapacityLimiter,
+    ) -> None:
+        # The consumer's name belongs to the partition, not to this process: a
+        # new owner first re-reads the previous owner's pending entries, in
+        # stream order, then reads on. One consumer: one event at a time.
+        # (With the per-key dispatcher, this is where its order_key applies.)
+        consumer = Consumer(
+            "partition", transport, self.app, sub, self.settings, limiter,
+            on_read=self.redis.answered,
+        )  # fmt: skip
+        self.consumers.append(consumer)
+        loops.consumer = consumer
+        try:
+            async with anyio.create_task_group() as inner:
+                loops.scope = inner.cancel_scope
+                if loops.cancelled:
+                    inner.cancel_scope.cancel()
+                self._spawn(inner, consumer.name, consumer.run, loops.is_stopping)
+                loops.reaper = self._start_reaper(
+                    inner,
+                    "partition-reaper",
+                    sub,
+                    transport,
+                    limiter,
+                    [consumer.name],
+                    loops.is_stopping,
+                    spared=[consumer.name],
+                )
+        finally:
+            for c in [consumer, loops.reaper.consumer if loops.reaper else None]:
+                if c is not None and c in self.consumers:
+                    self.consumers.remove(c)
+            if loops.reaper is not None and loops.reaper in self.reapers:
+                self.reapers.remove(loops.reaper)
+            loops.done.set()
 
     def _consumer(
         self,
@@ -351,8 +500,9 @@ class Supervisor:
         transport: WorkerOps,
         limiter: anyio.CapacityLimiter,
     ) -> Consumer:
+        name = index if index == "partition-reaper" else self.consumer_name(index)
         consumer = Consumer(
-            self.consumer_name(index),
+            str(name),
             transport,
             self.app,
             sub,
@@ -372,15 +522,21 @@ class Supervisor:
     # -- keep-alive ----------------------------------------------------------
 
     def _spawn(
-        self, tg: anyio.abc.TaskGroup, name: str, run: Callable[[], Awaitable[None]]
+        self,
+        tg: anyio.abc.TaskGroup,
+        name: str,
+        run: Callable[[], Awaitable[None]],
+        done: Callable[[], bool] = lambda: False,
     ) -> None:
         self._running += 1
-        tg.start_soon(self._keep_alive, name, run, name=name)
+        tg.start_soon(self._keep_alive, name, run, done, name=name)
 
-    async def _keep_alive(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+    async def _keep_alive(
+        self, name: str, run: Callable[[], Awaitable[None]], done: Callable[[], bool]
+    ) -> None:
         delay = 0.1
         try:
-            while not self._stopping.is_set():
+            while not self._stopping.is_set() and not done():
                 started = time.monotonic()
                 cause: BaseException | None = None
                 try:
@@ -388,7 +544,7 @@ class Supervisor:
                 except Exception as exc:  # noqa: BLE001 - reported, then restarted
                     cause = redis_cause(exc)
                     self._report(name, cause)
-                if self._stopping.is_set():
+                if self._stopping.is_set() or done():
                     return
                 if time.monotonic() - started > _HEALTHY_RUN_S:
                     delay = 0.1
