@@ -122,6 +122,9 @@ class StreamCore:
         self._release = self.raw.register_script(_scripts.RELEASE)
         self._move = self.raw.register_script(_scripts.MOVE)
         self._delete_idle = self.raw.register_script(_scripts.DELETE_IDLE_CONSUMERS)
+        self._dead_letter = self.raw.register_script(_scripts.DEAD_LETTER)
+        self._prune_errors = self.raw.register_script(_scripts.PRUNE_ERROR_RECORDS)
+        self._group_state = self.raw.register_script(_scripts.GROUP_STATE)
 
     @classmethod
     def attach(
@@ -330,21 +333,6 @@ class StreamCore:
             recreate=True,
         )
         return pending_entries(raw)
-
-    async def agroup_info(self) -> dict[str, Any] | None:
-        """Return XINFO GROUPS for this group (``lag`` may be None), or None."""
-        try:
-            rows = await self.acall(
-                "xinfo groups", lambda: self.aio.xinfo_groups(self.stream)
-            )
-        except errors.TransportError as exc:
-            if "no such key" in str(exc):
-                return None
-            raise
-        for row in rows:
-            if decode_id(row["name"]) == self.group:
-                return dict(row)
-        return None
 
     async def alength(self, key: str | None = None) -> int:
         """Return the number of entries (XLEN) of ``key``, or of this stream."""

@@ -41,6 +41,9 @@ class RedisConnectionPool:
         redis_url: ``redis://``, ``rediss://`` or ``unix://`` URL.
         max_connections: the most connections of each kind (sync, async).
         decode_responses: return ``str`` instead of ``bytes`` from the clients.
+            Bytes that are not UTF-8 (a producer in another language) decode with
+            U+FFFD replacement characters (redis-py ``encoding_errors="replace"``),
+            so one such entry never fails a read.
         **connection_kwargs: more options for redis-py's connection pool, such as
             ``username``, ``password``, ``ssl_ca_certs`` or ``socket_timeout``.
     """
@@ -59,6 +62,7 @@ class RedisConnectionPool:
             "socket_timeout": DEFAULT_SOCKET_TIMEOUT_S,
             "socket_connect_timeout": 5.0,
             "health_check_interval": 0,
+            "encoding_errors": "replace",
             **connection_kwargs,
         }
         self._sync_pool = redis.ConnectionPool.from_url(

@@ -8,6 +8,7 @@ from collections.abc import (
 )
 from typing import Any
 
+from agentstream import errors
 from agentstream.transport.core import (
     ClaimResult,
     RawEntry,
@@ -15,13 +16,33 @@ from agentstream.transport.core import (
     StreamCore,
     decode_id,
     pairs_to_fields,
+    to_text,
 )
 
-__all__ = ["WorkerOps"]
+__all__ = ["DeadLetterRefused", "WorkerOps"]
+
+
+class DeadLetterRefused(errors.TransportError):
+    """The dead-letter stream refused the entry (WRONGTYPE, OOM, ...).
+
+    Nothing changed: the entry is still pending where it was.
+    """
 
 
 class WorkerOps(StreamCore):
-    """The worker's stream operations (async only): one stream and group."""
+    """The worker's stream operations (async only): one stream and group.
+
+    Error records (the last error of an entry that failed, for its dead letter)
+    live in one hash per stream and group, ``errors_key``, field = entry id. A
+    record goes away with its entry's acknowledgement: every XACK the worker
+    sends (batched acks, dead letters, lost entries) drops the records of the
+    same ids in the same round trip, so the hash holds what is in flight.
+    """
+
+    @property
+    def errors_key(self) -> str:
+        """The hash of this group's error records: ``{stream}:errors:{group}``."""
+        return f"{self.stream}:errors:{self.group}"
 
     # -- worker reads (undecoded bytes, for the strict decoder) -----------------
 
@@ -35,8 +56,8 @@ class WorkerOps(StreamCore):
         """Read new entries for ``consumer`` as undecoded ``(id, fields)`` pairs.
 
         This is the worker's hot path: one XREADGROUP, no per-entry decoding, and
-        ``ack_ids`` acknowledged in the same round trip (pipelined before the
-        read). The block is capped below the socket timeout; an empty list means
+        ``ack_ids`` acknowledged in the same round trip (XACK and HDEL of their
+        error records, pipelined before the read). The block is capped below the socket timeout; an empty list means
         no entry arrived in time.
         """
         block = self.block(block_ms)
@@ -49,8 +70,9 @@ class WorkerOps(StreamCore):
                 )
             async with self.raw.pipeline(transaction=False) as pipe:
                 pipe.xack(self.stream, self.group, *ack_ids)
+                pipe.hdel(self.errors_key, *ack_ids)
                 pipe.xreadgroup(self.group, consumer, streams, count=count, block=block)
-                return (await pipe.execute())[1]
+                return (await pipe.execute())[2]
 
         rows: Any = await self.acall("xreadgroup", read, recreate=True)
         return rows[0][1] if rows else []
@@ -96,9 +118,10 @@ class WorkerOps(StreamCore):
         if not ids:
             return ClaimResult([], [])
         args = [self.group, consumer, min_idle_ms, *ids]
+        keys = [self.stream, self.errors_key]
         claimed, lost = await self.acall(
             "xclaim",
-            lambda: self._claim(keys=[self.stream], args=args),  # type: ignore[arg-type]
+            lambda: self._claim(keys=keys, args=args),  # type: ignore[arg-type]
             recreate=True,
         )
         entries = [
@@ -136,12 +159,29 @@ class WorkerOps(StreamCore):
         if not ids:
             return [], []
         args = [self.group, owner, new_owner, *ids]
+        keys = [self.stream, self.errors_key]
         moved, lost = await self.acall(
             "xclaim",
-            lambda: self._transfer(keys=[self.stream], args=args),
+            lambda: self._transfer(keys=keys, args=args),
             recreate=True,
         )
         return [decode_id(i) for i in moved], [decode_id(i) for i in lost]
+
+    async def aack(self, ids: Sequence[str | bytes]) -> int:
+        """Acknowledge ids (XACK) and drop their error records (HDEL), pipelined.
+
+        Returns how many were pending.
+        """
+        if not ids:
+            return 0
+
+        async def run() -> Any:
+            async with self.raw.pipeline(transaction=False) as pipe:
+                pipe.xack(self.stream, self.group, *ids)
+                pipe.hdel(self.errors_key, *ids)
+                return (await pipe.execute())[0]
+
+        return int(await self.acall("xack", run, recreate=True))
 
     async def adead_letter(
         self,
@@ -151,48 +191,86 @@ class WorkerOps(StreamCore):
         details: dict[str, str],
         max_len: int,
     ) -> str:
-        """Move one entry to a dead-letter stream and acknowledge it, atomically.
+        """Move one entry to a dead-letter stream, then acknowledge it (Lua).
 
         The dead-letter entry keeps the original fields (when the data still
         exists) and adds ``details`` (each key prefixed with ``dlq_``), plus the
-        original stream, id and group.
+        original stream, id and group. The XACK (and dropping the entry's error
+        record) runs only once the XADD succeeded.
+
+        Returns:
+            The dead letter's id.
+
+        Raises:
+            DeadLetterRefused: the XADD was refused (the key holds another type,
+                OOM, ...); nothing changed, the entry is still pending.
+            agentstream.errors.TransportError: Redis failed otherwise.
         """
-        dead: dict[Any, Any] = dict(fields or {})
-        dead.update(
-            {
-                "dlq_stream": self.stream,
-                "dlq_id": entry_id,
-                "dlq_group": self.group,
-                "dlq_at": str(time.time()),
-            }
+        dead: dict[bytes, bytes | str] = dict(fields or {})
+        ours = {
+            "stream": self.stream,
+            "id": entry_id,
+            "group": self.group,
+            "at": str(time.time()),
+            **details,
+        }
+        # Bytes keys: an original field of the same name is replaced, not doubled.
+        dead.update({f"dlq_{k}".encode(): v for k, v in ours.items()})
+        args: list[Any] = [self.group, entry_id, max_len]
+        for name, value in dead.items():
+            args.extend((name, value))
+        keys = [self.stream, dead_letter_stream, self.errors_key]
+        done, result = await self.acall(
+            "dead letter", lambda: self._dead_letter(keys=keys, args=args)
         )
-        dead.update({f"dlq_{k}": v for k, v in details.items()})
-
-        async def run() -> list[Any]:
-            async with self.raw.pipeline(transaction=True) as pipe:
-                pipe.xadd(dead_letter_stream, dead, maxlen=max_len, approximate=True)
-                pipe.xack(self.stream, self.group, entry_id)
-                return await pipe.execute()
-
-        new_id, _ = await self.acall("dead letter", run)
-        return decode_id(new_id)
+        if not done:
+            msg = (
+                f"Redis at {self.location} refused the dead letter of {entry_id} "
+                f"in {dead_letter_stream!r}: {to_text(result)}"
+            )
+            raise DeadLetterRefused(self._scrub(msg), "dead letter")
+        return decode_id(result)
 
     # -- failures remembered between deliveries ------------------------------
 
-    def _error_key(self, entry_id: str) -> str:
-        return f"{self.stream}:lasterror:{self.group}:{entry_id}"
-
     async def aset_last_error(self, entry_id: str, error: str, ttl_s: float) -> None:
-        """Remember the last error of an entry for ``ttl_s`` seconds."""
-        key = self._error_key(entry_id)
+        """Remember the last error of an entry (HSET in ``errors_key``).
+
+        The record goes when the entry is acknowledged or dead-lettered; the
+        hash itself expires ``ttl_s`` seconds after the last error written (a
+        bound for records of entries acknowledged behind the worker's back, which
+        ``aprune_error_records`` also removes).
+        """
         ttl_ms = max(int(ttl_s * 1000), 1)
-        await self.acall("set", lambda: self.raw.set(key, error, px=ttl_ms))
+
+        async def run() -> Any:
+            async with self.raw.pipeline(transaction=False) as pipe:
+                pipe.hset(self.errors_key, entry_id, error)
+                pipe.pexpire(self.errors_key, ttl_ms)
+                return await pipe.execute()
+
+        await self.acall("hset", run)
 
     async def aget_last_error(self, entry_id: str) -> str | None:
-        """Return the last error remembered for an entry, if any."""
-        key = self._error_key(entry_id)
-        value = await self.acall("get", lambda: self.raw.get(key))
-        return None if value is None else decode_id(value)
+        """Return the last error recorded for an entry, if any."""
+        value = await self.acall(
+            "hget", lambda: self.raw.hget(self.errors_key, entry_id)
+        )
+        return None if value is None else to_text(value)
+
+    async def aprune_error_records(self, cursor: str = "0", count: int = 100) -> str:
+        """Drop error records of entries no longer pending, ``count`` at a time.
+
+        Follows an HSCAN cursor: call again with the cursor returned (``"0"``:
+        the pass is complete). All records go when the group is gone.
+        """
+        keys = [self.stream, self.errors_key]
+        args = [self.group, cursor, count]
+        next_cursor = await self.acall(
+            "error records",
+            lambda: self._prune_errors(keys=keys, args=args),  # type: ignore[arg-type]
+        )
+        return to_text(next_cursor)
 
     # -- consumers and groups ------------------------------------------------
 

@@ -29,7 +29,7 @@ from agentstream.observe.counts import (
     Tally,
 )
 from agentstream.transport.core import RawEntry, RawFields, to_text
-from agentstream.transport.worker_ops import WorkerOps
+from agentstream.transport.worker_ops import DeadLetterRefused, WorkerOps
 
 __all__ = ["RETRY_CONSUMER", "Consumer"]
 
@@ -381,20 +381,37 @@ class Consumer:
         reason: str,
         error: str,
         delivery_count: int,
-    ) -> None:
-        """Move one entry to the dead-letter stream (and acknowledge it)."""
+    ) -> bool:
+        """Move one entry to the dead-letter stream (and acknowledge it).
+
+        When the dead-letter stream refuses it, the entry stays pending, parked
+        for the reaper (which tries again), the refusal is counted and logged,
+        and False is returned.
+        """
+        try:
+            await self.transport.adead_letter(
+                entry_id,
+                entry_fields,
+                self._sub.dead_letter_key,
+                {
+                    "reason": reason,
+                    "error": error[:_ERROR_MAX],
+                    "delivery_count": str(delivery_count),
+                },
+                self._sub.dead_letter_max_len,
+            )
+        except DeadLetterRefused as exc:
+            self.tally.dead_letter_failed(reason)
+            log.error(
+                "dead_letter_failed",
+                event_id=entry_id,
+                reason=reason,
+                error=str(exc),
+                dead_letter_stream=self._sub.dead_letter_key,
+            )
+            await self._park(entry_id)
+            return False
         self.tally.dead_lettered(reason)
-        await self.transport.adead_letter(
-            entry_id,
-            entry_fields,
-            self._sub.dead_letter_key,
-            {
-                "reason": reason,
-                "error": error[:_ERROR_MAX],
-                "delivery_count": str(delivery_count),
-            },
-            self._sub.dead_letter_max_len,
-        )
         log.warning(
             "event_dead_lettered",
             event_id=entry_id,
@@ -402,6 +419,7 @@ class Consumer:
             error=error,
             dead_letter_stream=self._sub.dead_letter_key,
         )
+        return True
 
     async def flush_acks(self) -> None:
         """Send the gathered acknowledgements now."""
