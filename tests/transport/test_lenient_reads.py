@@ -4,7 +4,6 @@ JSON nested past Python's stack, on pools that decode and pools that do not."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import aclosing
 from typing import Any
 
 import anyio
@@ -12,6 +11,7 @@ import pytest
 import redis
 
 from agentstream import RedisConnectionPool, RedisStreamTransport
+from agentstream.transport.core import to_text
 
 pytestmark = pytest.mark.redis
 
@@ -40,15 +40,13 @@ def _ids(redis_url: str, stream_name: str) -> Iterator[list[str]]:
     """Four entries: good, BAD, DEEP, good (the group created first)."""
     client = redis.Redis.from_url(redis_url)
     client.xgroup_create(stream_name, "agents", "0", mkstream=True)
-    ids = [
-        client.xadd(stream_name, fields).decode()  # type: ignore[union-attr]
-        for fields in (
-            {b"type": b"a", b"data": b'{"n": 1}'},
-            BAD,
-            DEEP,
-            {b"type": b"b", b"data": b'{"n": 2}'},
-        )
-    ]
+    entries: tuple[dict[Any, Any], ...] = (
+        {b"type": b"a", b"data": b'{"n": 1}'},
+        BAD,
+        DEEP,
+        {b"type": b"b", b"data": b'{"n": 2}'},
+    )
+    ids = [to_text(client.xadd(stream_name, fields)) for fields in entries]
     yield ids
     client.delete(stream_name)
     client.close()
@@ -106,11 +104,12 @@ async def test_async_reads(
         assert (await t.ainfo())["first_entry"]["type"] == "a"
         seen: list[dict[str, Any]] = []
         with anyio.fail_after(10):
-            async with aclosing(t.asubscribe(last_id="0")) as events:
-                async for event in events:
-                    seen.append(event)
-                    if len(seen) == 4:
-                        break
+            events = t.asubscribe(last_id="0")
+            async for event in events:
+                seen.append(event)
+                if len(seen) == 4:
+                    break
+            await events.aclose()  # type: ignore[attr-defined]
         check(seen, ids)
     finally:
         await pool.aclose()
@@ -122,7 +121,7 @@ def _foreign_consumer(redis_url: str, stream_name: str) -> Iterator[None]:
     client = redis.Redis.from_url(redis_url)
     client.xgroup_create(stream_name, "agents", "0", mkstream=True)
     client.xadd(stream_name, {b"type": b"a", b"data": b"{}"})
-    client.xreadgroup("agents", b"c\xfe", {stream_name: ">"})
+    client.xreadgroup("agents", b"c\xfe", {stream_name: ">"})  # type: ignore[arg-type]
     yield
     client.delete(stream_name)
     client.close()
