@@ -211,6 +211,7 @@ class TestGroupStats:
             await transport.aread_batch("c", 1, None)
             stats = await collect_group_stats(transport, f"{stream_name}:dlq")
             assert (stats.lag, stats.pending, stats.consumers) == (3, 1, 1)
+            assert stats.oldest_pending_age_s is not None
             assert 59 <= stats.oldest_pending_age_s < 120
 
             # Deleting an undelivered entry leaves Redis unable to tell the lag;

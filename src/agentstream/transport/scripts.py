@@ -9,7 +9,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "xgroup delconsumer": ("evalsha", "xinfo", "xgroup"),
     "lease": ("evalsha", "get", "set", "del"),
     "xadd/xdel": ("evalsha", "xrange", "xadd", "xdel"),
-    "dead letter": ("evalsha", "xadd", "xack", "hdel"),
+    "dead letter": ("evalsha", "xadd", "xack", "hdel", "hsetnx"),
     "error records": ("evalsha", "hscan", "xpending", "hdel", "del"),
     "group state": ("evalsha", "exists", "xinfo", "xpending", "xrange", "time"),
 }
@@ -144,17 +144,20 @@ return {1, new_id}
 """
 
 # KEYS[1] stream, KEYS[2] dead-letter stream, KEYS[3] error records;
-# ARGV group, entry id, max_len, field, value, ...
+# ARGV group, entry id, max_len, error, field, value, ...
 # Dead-letters one entry: the XACK (and dropping its error record) happens only
 # once the XADD succeeded. A MULTI would not do: Redis runs the XACK of a
-# transaction even when its XADD fails (WRONGTYPE, OOM). Returns {1, new id},
-# or {0, error} with nothing changed.
+# transaction even when its XADD fails (WRONGTYPE, OOM). When it fails, the
+# entry stays pending and, unless an earlier failure's record is there, error
+# becomes its record, so that a later dead letter still says why. Returns
+# {1, new id}, or {0, XADD's error}.
 DEAD_LETTER = """
 local fields = {}
-for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
 local new_id = redis.pcall(
   'XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(fields))
 if type(new_id) == 'table' and new_id.err then
+  redis.pcall('HSETNX', KEYS[3], ARGV[2], ARGV[4])
   return {0, new_id.err}
 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])

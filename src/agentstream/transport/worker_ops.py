@@ -196,7 +196,8 @@ class WorkerOps(StreamCore):
         The dead-letter entry keeps the original fields (when the data still
         exists) and adds ``details`` (each key prefixed with ``dlq_``), plus the
         original stream, id and group. The XACK (and dropping the entry's error
-        record) runs only once the XADD succeeded.
+        record) runs only once the XADD succeeded; when it fails, the entry keeps
+        its error record, or gets one naming the refused dead letter.
 
         Returns:
             The dead letter's id.
@@ -216,7 +217,10 @@ class WorkerOps(StreamCore):
         }
         # Bytes keys: an original field of the same name is replaced, not doubled.
         dead.update({f"dlq_{k}".encode(): v for k, v in ours.items()})
-        args: list[Any] = [self.group, entry_id, max_len]
+        error = f"dead letter ({details.get('reason', '?')}) refused: " + details.get(
+            "error", ""
+        )
+        args: list[Any] = [self.group, entry_id, max_len, error]
         for name, value in dead.items():
             args.extend((name, value))
         keys = [self.stream, dead_letter_stream, self.errors_key]
