@@ -43,6 +43,14 @@ async def read_one(ops: WorkerOps, client: redis.Redis, consumer: str = "c") -> 
     return entry_id
 
 
+async def failed(ops: WorkerOps, client: redis.Redis, n: int) -> list[str]:
+    """``n`` entries read by consumer ``c``, each with an error record."""
+    ids = [await read_one(ops, client) for _ in range(n)]
+    for entry_id in ids:
+        await ops.aset_last_error(entry_id, f"E {entry_id}", 60)
+    return ids
+
+
 def pending_ids(client: redis.Redis, stream: str) -> list[str]:
     rows: Any = client.xpending_range(stream, "agents", "-", "+", 100)
     return [r["message_id"].decode() for r in rows]
@@ -100,10 +108,7 @@ class TestErrorRecords:
         self, ops: WorkerOps, client: redis.Redis
     ) -> None:
         """aack, and the acks sent with the next read, drop their records."""
-        first = await read_one(ops, client)
-        second = await read_one(ops, client)
-        await ops.aset_last_error(first, "E1", 60)
-        await ops.aset_last_error(second, "E2", 60)
+        first, second = await failed(ops, client, 2)
         ttl_ms = int(client.pttl(ops.errors_key))
         assert 0 < ttl_ms <= 60_000
         await ops.aack([first])
@@ -115,10 +120,7 @@ class TestErrorRecords:
         self, ops: WorkerOps, client: redis.Redis, stream_name: str
     ) -> None:
         """An entry trimmed while pending: claim and transfer ack it, record gone."""
-        claimed = await read_one(ops, client)
-        moved = await read_one(ops, client)
-        for entry_id in (claimed, moved):
-            await ops.aset_last_error(entry_id, "E", 60)
+        claimed, moved = await failed(ops, client, 2)
         client.xdel(stream_name, claimed, moved)
         result = await ops.aclaim_entries("other", 0, [claimed])
         assert result.lost == [claimed]
@@ -129,10 +131,7 @@ class TestErrorRecords:
         self, ops: WorkerOps, client: redis.Redis, stream_name: str
     ) -> None:
         """An operator's XACK leaves a record behind; the prune takes it."""
-        kept = await read_one(ops, client)
-        acked = await read_one(ops, client)
-        for entry_id in (kept, acked):
-            await ops.aset_last_error(entry_id, "E", 60)
+        kept, acked = await failed(ops, client, 2)
         client.hset(ops.errors_key, "not-an-id", "x")
         client.xack(stream_name, "agents", acked)
         cursor = await ops.aprune_error_records()
