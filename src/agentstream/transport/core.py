@@ -124,7 +124,6 @@ class StreamCore:
         self._delete_idle = self.raw.register_script(_scripts.DELETE_IDLE_CONSUMERS)
         self._dead_letter = self.raw.register_script(_scripts.DEAD_LETTER)
         self._prune_errors = self.raw.register_script(_scripts.PRUNE_ERROR_RECORDS)
-        self._group_state = self.raw.register_script(_scripts.GROUP_STATE)
 
     @classmethod
     def attach(

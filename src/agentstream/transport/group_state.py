@@ -11,16 +11,22 @@ stream sets, else reported as unknown (None).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
+from redis.exceptions import NoScriptError
+
 from agentstream.transport.core import StreamCore, decode_id
+from agentstream.transport.scripts import GROUP_STATE
 
 __all__ = ["EXACT_LAG_MAX", "GroupState", "aread_group_state", "consistent_lag"]
 
 #: Up to this many entries are counted on each side of the last-delivered id, so
 #: a lag up to this (or within this of the stream's length) is exact.
 EXACT_LAG_MAX = 100
+
+_SHA = hashlib.sha1(GROUP_STATE.encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +108,7 @@ def _int(value: Any) -> int | None:
 
 
 async def aread_group_state(core: StreamCore) -> GroupState | bool:
-    """Read one group's figures at one instant (a Lua script, read-only).
+    """Read one group's figures at one instant (a read-only Lua script).
 
     Returns:
         The ``GroupState``; ``False`` when the stream does not exist, ``True``
@@ -111,10 +117,17 @@ async def aread_group_state(core: StreamCore) -> GroupState | bool:
     Raises:
         agentstream.errors.TransportError: Redis failed or refused the script.
     """
-    reply: list[Any] = await core.acall(
-        "group state",
-        lambda: core._group_state(keys=[core.stream], args=[core.group, EXACT_LAG_MAX]),
-    )
+
+    async def run() -> Any:
+        # EVALSHA_RO: a user with read-only key access (%R~) may run it.
+        args = (core.stream, core.group, EXACT_LAG_MAX)
+        try:
+            return await core.raw.evalsha_ro(_SHA, 1, *args)
+        except NoScriptError:
+            await core.raw.script_load(GROUP_STATE)
+            return await core.raw.evalsha_ro(_SHA, 1, *args)
+
+    reply: list[Any] = await core.acall("group state", run)
     if reply[0] != 2:
         return bool(reply[0])
     (

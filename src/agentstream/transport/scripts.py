@@ -11,7 +11,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "xadd/xdel": ("evalsha", "xrange", "xadd", "xdel"),
     "dead letter": ("evalsha", "xadd", "xack", "hdel", "hsetnx"),
     "error records": ("evalsha", "hscan", "xpending", "hdel", "del"),
-    "group state": ("evalsha", "exists", "xinfo", "xpending", "xrange", "time"),
+    "group state": ("evalsha_ro", "exists", "xinfo", "xpending", "xrange", "time"),
 }
 
 # KEYS[1] stream, KEYS[2] error records; ARGV group, consumer, min_idle_ms, id...
