@@ -202,3 +202,21 @@ def test_replay_command_reports_a_refused_target(
         assert client.xlen(odd) == 1, replayed
     finally:
         client.delete(odd)
+
+
+@pytest.mark.anyio
+async def test_error_records_of_another_type_never_stop_a_move(
+    ops: WorkerOps, client: redis.Redis, stream_name: str
+) -> None:
+    """The error-records key holds a string: acks, reads, claims of lost entries
+    and dead letters still work (dropping a record is bookkeeping)."""
+    client.set(ops.errors_key, "not a hash")
+    acked, dead, lost = [await read_one(ops, client) for _ in range(3)]
+    assert await ops.aack([acked]) == 1
+    client.xadd(stream_name, {"type": "t", "data": "{}"})
+    assert len(await ops.aread_batch("c", 10, None, [acked])) == 1
+    await ops.adead_letter(dead, None, f"{stream_name}:dlq", {}, 100)
+    client.xdel(stream_name, lost)
+    assert (await ops.aclaim_entries("other", 0, [lost])).lost == [lost]
+    assert not {acked, dead, lost} & set(pending_ids(client, stream_name))
+    assert client.get(ops.errors_key) == b"not a hash"

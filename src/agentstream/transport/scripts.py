@@ -14,6 +14,9 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "group state": ("evalsha_ro", "exists", "xinfo", "xpending", "xrange", "time"),
 }
 
+# Error records are dropped with pcall throughout: bookkeeping (a key of another
+# type in their place) never stops a claim, an acknowledgement or a dead letter.
+
 # KEYS[1] stream, KEYS[2] error records; ARGV group, consumer, min_idle_ms, id...
 # Claims each id that is still pending and idle for at least min_idle_ms. An id
 # whose entry left the stream is acknowledged (and its error record dropped) and
@@ -28,7 +31,7 @@ for i = 4, #ARGV do
   if #p > 0 and tonumber(p[1][3]) >= min_idle then
     if #redis.call('XRANGE', KEYS[1], id, id) == 0 then
       redis.call('XACK', KEYS[1], group, id)
-      redis.call('HDEL', KEYS[2], id)
+      redis.pcall('HDEL', KEYS[2], id)
       lost[#lost + 1] = id
     else
       local r = redis.call('XCLAIM', KEYS[1], group, consumer, min_idle, id)
@@ -59,7 +62,7 @@ for i = 4, #ARGV do
   if #redis.call('XPENDING', KEYS[1], group, id, id, 1, owner) > 0 then
     if #redis.call('XRANGE', KEYS[1], id, id) == 0 then
       redis.call('XACK', KEYS[1], group, id)
-      redis.call('HDEL', KEYS[2], id)
+      redis.pcall('HDEL', KEYS[2], id)
       lost[#lost + 1] = id
     else
       redis.call('XCLAIM', KEYS[1], group, new_owner, 0, id, 'JUSTID')
@@ -161,7 +164,7 @@ if type(new_id) == 'table' and new_id.err then
   return {0, new_id.err}
 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('HDEL', KEYS[3], ARGV[2])
+redis.pcall('HDEL', KEYS[3], ARGV[2])
 return {1, new_id}
 """
 

@@ -72,7 +72,7 @@ class WorkerOps(StreamCore):
                 pipe.xack(self.stream, self.group, *ack_ids)
                 pipe.hdel(self.errors_key, *ack_ids)
                 pipe.xreadgroup(self.group, consumer, streams, count=count, block=block)
-                return (await pipe.execute())[2]
+                return _replies(await pipe.execute(raise_on_error=False))[1]
 
         rows: Any = await self.acall("xreadgroup", read, recreate=True)
         return rows[0][1] if rows else []
@@ -179,7 +179,7 @@ class WorkerOps(StreamCore):
             async with self.raw.pipeline(transaction=False) as pipe:
                 pipe.xack(self.stream, self.group, *ids)
                 pipe.hdel(self.errors_key, *ids)
-                return (await pipe.execute())[0]
+                return _replies(await pipe.execute(raise_on_error=False))[0]
 
         return int(await self.acall("xack", run, recreate=True))
 
@@ -340,3 +340,13 @@ class WorkerOps(StreamCore):
             "lease",
             lambda: self._release(keys=[self.lease_key(name)], args=[token]),
         )
+
+
+def _replies(results: list[Any]) -> list[Any]:
+    """The replies of a pipeline whose second command drops error records (HDEL),
+    without that one: its failure (a key of another type) is bookkeeping and
+    ignored; any other command's error is raised."""
+    for i, result in enumerate(results):
+        if i != 1 and isinstance(result, Exception):
+            raise result
+    return [r for i, r in enumerate(results) if i != 1]
