@@ -164,3 +164,39 @@ async def test_a_refused_dead_letter_leaves_the_event_pending(
     assert reason == b"nope" or (reason == b"max_deliveries" and b"nope" in error)
     assert client.exists(f"{stream}:errors:agents") == 0
     producer.close()
+
+
+async def test_reaper_claims_from_a_consumer_named_in_other_bytes(
+    fresh_redis: RedisServer, client: redis.Redis
+) -> None:
+    """Another tool's consumer, its name not UTF-8, died holding an entry: the
+    reaper lists it, claims the entry by that very name, handles it, and later
+    removes the idle consumer."""
+    stream = "foreign"
+    app = App()
+    handled: list[str] = []
+
+    @app.handler("t")
+    async def handle(event: Event) -> None:
+        handled.append(event.id)
+
+    producer = RedisStreamTransport(stream, redis_url=fresh_redis.url)
+    entry_id = producer.publish("t", {})
+    client.xreadgroup("agents", b"tool-\xfe", {stream: ">"})  # type: ignore[arg-type]
+    settings = make_settings(fresh_redis.url, stream, reaper={"consumer_ttl_s": 0.5})
+    supervisor = Supervisor(settings, app, handle_signals=False)
+
+    def foreign_gone() -> bool:
+        names = [c["name"] for c in client.xinfo_consumers(stream, "agents")]
+        return b"tool-\xfe" not in names
+
+    with capture_logs() as logs, anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(supervisor.run)
+            await await_for(lambda: handled == [entry_id], timeout=15)
+            await await_for(lambda: pending(client, stream) == 0, timeout=10)
+            await await_for(foreign_gone, timeout=10)
+            supervisor.stop()
+    assert [e for e in logs if e["event"] == "consumers_removed"]
+    assert not [e for e in logs if e["event"] == "consumer_crashed"]
+    producer.close()

@@ -404,7 +404,7 @@ def pending_entries(raw: list[dict[str, Any]]) -> list[PendingEntry]:
     return [
         PendingEntry(
             decode_id(p["message_id"]),
-            decode_id(p["consumer"]),
+            to_text(p["consumer"]),
             int(p["time_since_delivered"]),
             int(p["times_delivered"]),
         )

@@ -298,22 +298,25 @@ class WorkerOps(StreamCore):
             lambda: self._delete_idle(keys=[self.stream], args=args),
             recreate=True,
         )
-        return [decode_id(n) for n in removed]
+        return [to_text(n) for n in removed]
 
     async def aconsumers(self) -> list[dict[str, Any]]:
         """List the group's consumers: ``name``, ``pending`` and ``idle`` (ms).
+
+        A name that is not UTF-8 (another tool's consumer) stays ``bytes``, so
+        that commands given it name that very consumer.
 
         ``idle`` is the time since the consumer last read or claimed something
         (Redis 7.2+ calls that ``inactive``; its ``idle`` counts failed reads too).
         """
         rows = await self.acall(
             "xinfo consumers",
-            lambda: self.aio.xinfo_consumers(self.stream, self.group),
+            lambda: self.raw.xinfo_consumers(self.stream, self.group),
             recreate=True,
         )
         return [
             {
-                "name": r["name"],
+                "name": _name(r["name"]),
                 "pending": int(r["pending"]),
                 "idle": int(r.get("inactive", r["idle"])),
             }
@@ -350,3 +353,10 @@ def _replies(results: list[Any]) -> list[Any]:
         if i != 1 and isinstance(result, Exception):
             raise result
     return [r for i, r in enumerate(results) if i != 1]
+
+
+def _name(raw: bytes) -> str | bytes:
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw
