@@ -57,8 +57,8 @@ class WorkerOps(StreamCore):
 
         This is the worker's hot path: one XREADGROUP, no per-entry decoding, and
         ``ack_ids`` acknowledged in the same round trip (XACK and HDEL of their
-        error records, pipelined before the read). The block is capped below the socket timeout; an empty list means
-        no entry arrived in time.
+        error records, pipelined before the read). The block is capped below the
+        socket timeout; an empty list means no entry arrived in time.
         """
         block = self.block(block_ms)
         streams: dict[Any, Any] = {self.stream: ">"}
