@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import redis
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -916,6 +917,15 @@ class TestMetricNames:
             finally:
                 transport.close()
             wait_for_series(port, {"agentstream_dead_lettered_total"})
+            # ... agentstream_dead_letter_failures_total once the dead-letter
+            # key holds another type ...
+            dlq = f"{trigger['stream']}:dlq"
+            with redis.Redis.from_url(server.url) as client:
+                client.delete(dlq)
+                client.rpush(dlq, "left by an old deployment")
+                client.xadd(trigger["stream"], {"type": "token", "data": "{}"})
+                wait_for_series(port, {"agentstream_dead_letter_failures_total"})
+                client.delete(dlq)
             # ... and agentstream_redis_errors_total once Redis fails.
             server.stop()
             wait_for_series(port, {"agentstream_redis_errors_total"})

@@ -308,7 +308,9 @@ class ReaperSettings(BaseModel):
         max_backoff_ms: cap on the redelivery backoff, in ms (>= ``min_idle_ms``).
         consumer_ttl_s: idle time after which a consumer with no pending
             entries is deleted from its group, in seconds.
-        error_ttl_s: how long the last error of an entry is kept, in seconds.
+        error_ttl_s: the error-records hash expires this long after the last
+            error written, in seconds (each record also goes with its entry's
+            acknowledgement).
     """
 
     model_config = _SECTION

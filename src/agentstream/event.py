@@ -8,7 +8,7 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 __all__ = ["Event", "decode_event", "encode_fields", "event_type", "parse_lenient"]
 
@@ -74,16 +74,29 @@ def encode_fields(
 def _loads_or_empty(text: str) -> Any:
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # nesting deeper than Python's stack
         return {}
 
 
-def parse_lenient(entry_id: str, fields: Mapping[str, str]) -> dict[str, Any]:
-    """Parse decoded fields as the upstream library does: never fail.
+def _text(value: str | bytes) -> str:
+    return value.decode(errors="replace") if type(value) is bytes else str(value)
+
+
+def parse_lenient(
+    entry_id: str | bytes, fields: Mapping[str, str] | Mapping[bytes, bytes]
+) -> dict[str, Any]:
+    """Parse an entry's fields as the upstream library does: never fail.
 
     A missing ``type`` reads as ``"unknown"``, a missing or invalid ``timestamp`` as
-    ``0.0``, and ``data`` or ``metadata`` that is not valid JSON as ``{}``.
+    ``0.0``, and ``data`` or ``metadata`` that is not valid JSON as ``{}``. Fields
+    may be ``bytes`` (a pool with ``decode_responses=False``): bytes that are not
+    UTF-8 are replaced with U+FFFD, never fatal.
     """
+    if type(entry_id) is bytes or any(type(k) is bytes for k in fields):
+        entry_id = _text(entry_id)
+        fields = {_text(k): _text(v) for k, v in fields.items()}
+    assert type(entry_id) is str
+    fields = cast("Mapping[str, str]", fields)
     try:
         timestamp = float(fields.get("timestamp", 0))
     except ValueError:

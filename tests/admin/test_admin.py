@@ -166,6 +166,7 @@ class TestStats:
             "group_exists": True,
             "length": 3,
             "lag": 1,
+            "redis_lag": 1,
             "pending": 1,
             "oldest_pending_id": busy["pending"],
             "last_delivered_id": busy["dead"],
@@ -179,6 +180,27 @@ class TestStats:
         assert consumer["pending"] == 1
         assert consumer["idle_ms"] >= 0
 
+    def test_lag_redis_cannot_compute_is_counted(
+        self,
+        capsys: pytest.CaptureFixture[str],
+        config: Path,
+        transport: RedisStreamTransport,
+        raw: redis.Redis,
+        stream_name: str,
+    ) -> None:
+        """An unread entry deleted voids Redis's lag; a short stream is counted."""
+        transport.publish("token", {})
+        unread = transport.publish("token", {})
+        transport.publish("token", {})
+        transport.read_group("worker-1", count=1)
+        raw.xdel(stream_name, unread)
+        status, out, _ = admin(capsys, "--config", str(config), "stats")
+        assert status == 0
+        assert row(out, stream_name, "agents")[2:6] == ["ok", "2", "1", "1"]
+        _, out, _ = admin(capsys, "--config", str(config), "stats", "--json")
+        [stats] = json.loads(out)["subscriptions"]
+        assert (stats["lag"], stats["redis_lag"]) == (1, None)
+
     def test_unknown_lag(
         self,
         capsys: pytest.CaptureFixture[str],
@@ -187,15 +209,16 @@ class TestStats:
         raw: redis.Redis,
         stream_name: str,
     ) -> None:
-        """A lag Redis cannot compute (an unread entry deleted) shows as unknown."""
-        transport.publish("token", {})
-        unread = transport.publish("token", {})
-        transport.publish("token", {})
-        transport.read_group("worker-1", count=1)
-        raw.xdel(stream_name, unread)
+        """Too long to count on either side, and Redis cannot tell: unknown."""
+        with raw.pipeline(transaction=False) as pipe:
+            for n in range(300):
+                pipe.xadd(stream_name, {"type": "token", "data": "{}", "n": n})
+            ids = pipe.execute()
+        transport.read_group("worker-1", count=150)
+        raw.xdel(stream_name, ids[200])
         status, out, _ = admin(capsys, "--config", str(config), "stats")
         assert status == 0
-        assert row(out, stream_name, "agents")[2:6] == ["ok", "2", "unknown", "1"]
+        assert row(out, stream_name, "agents")[2:6] == ["ok", "299", "unknown", "150"]
         _, out, _ = admin(capsys, "--config", str(config), "stats", "--json")
         assert json.loads(out)["subscriptions"][0]["lag"] is None
 

@@ -1,16 +1,18 @@
 """The least-privilege Redis ACL users of agentstream, as tested in test_acl.py.
 
 Two users, for streams whose names start with ``agent_output`` (the stream,
-``<stream>:dlq``, ``<stream>:lasterror:*`` and ``<stream>:owner:*`` keys):
+``<stream>:dlq``, ``<stream>:errors:<group>`` and ``<stream>:owner:*`` keys):
 
 - :data:`WORKER_RULES`, for ``agentstream-worker``: reads through its consumer
   group, acknowledges, dead-letters, records last errors, holds consumer-name
   leases, and runs the Lua scripts of ``agentstream.transport.scripts``. Redis checks
   every command a script runs against the caller's ACL, so the commands inside
   the scripts are granted too (XPENDING, XRANGE, XACK, XCLAIM, XINFO CONSUMERS,
-  XGROUP DELCONSUMER, GET, SET, DEL); keys stay confined to the pattern.
+  XGROUP DELCONSUMER, GET, SET, DEL, HDEL, HSETNX, HSCAN); keys stay confined to
+  the pattern.
 - :data:`READONLY_RULES`, for ``agentstream stats``, ``dlq list``/``show`` and
-  ``tail``: read commands on the same keys (``%R~``), nothing that writes.
+  ``tail``: read commands on the same keys (``%R~``), nothing that writes;
+  ``stats`` reads a group's figures in one read-only Lua script (EVALSHA_RO).
 
 Found empirically: the tests run the worker through every path (handled,
 failed -> retried -> dead-lettered, Retry, DeadLetter, malformed, unhandled,
@@ -42,7 +44,7 @@ WORKER_USER = "agentstream-worker"
 READONLY_USER = "agentstream-readonly"
 
 #: Streams ``agent_output``, ``agent_output:dlq``, and the worker's own keys
-#: ``agent_output:lasterror:<group>:<id>`` and ``agent_output:owner:<group>:<name>``.
+#: ``agent_output:errors:<group>`` and ``agent_output:owner:<group>:<name>``.
 KEY_PATTERN = "agent_output*"
 
 #: What the worker runs, at top level or inside its Lua scripts.
@@ -63,16 +65,28 @@ WORKER_COMMANDS: tuple[str, ...] = (
     "+xinfo|groups",
     "+xinfo|consumers",
     "+xgroup|delconsumer",
-    # dead letters: XADD + XACK in one transaction
+    # re-reading a consumer's own pending entries with their delivery counts
     "+multi",
     "+exec",
-    # last errors (SET PX / GET) and consumer-name leases (GET, SET, DEL)
+    # error records (HSET, PEXPIRE, HGET; HDEL with each XACK; HSETNX, HSCAN
+    # in scripts) and consumer-name leases (GET, SET, DEL)
+    "+hset",
+    "+hsetnx",
+    "+hget",
+    "+hdel",
+    "+hscan",
+    "+pexpire",
     "+get",
     "+set",
     "+del",
-    # the Lua scripts
+    # the Lua scripts; EVALSHA_RO and what it runs (XINFO STREAM, EXISTS,
+    # TIME): the group's figures for the metrics
     "+evalsha",
+    "+evalsha_ro",
     "+script|load",
+    "+xinfo|stream",
+    "+exists",
+    "+time",
 )
 
 #: What ``agentstream stats``, ``dlq list``/``show`` and ``tail`` run.
@@ -88,6 +102,9 @@ READONLY_COMMANDS: tuple[str, ...] = (
     "+xinfo|consumers",
     "+xrange",
     "+xread",
+    # stats: the group's figures at one instant (a script that only reads)
+    "+evalsha_ro",
+    "+script|load",
 )
 
 #: ``ACL SETUSER agentstream-worker <rules> >password``

@@ -244,11 +244,13 @@ class TestReaperSweep:
                 )
                 [parked] = _pending_of(producer, RETRY_CONSUMER)
                 assert parked.id == entry_id
-                error: Any = await client.get(
-                    f"{stream_name}:lasterror:agents:{entry_id}"
-                )
+                errors_key = f"{stream_name}:errors:agents"
+                error: Any = await client.hget(errors_key, entry_id)
                 assert error.startswith("RuntimeError: first time")
                 await await_for(lambda: attempts == [1, 2], timeout=10)
+                await await_for(lambda: _zero_pending(client, stream_name), timeout=5)
+                # Handled at last: its error record went with the acknowledgement.
+                assert await client.exists(errors_key) == 0
                 supervisor.stop()
         producer.delete()
         producer.close()

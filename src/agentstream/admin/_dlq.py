@@ -179,15 +179,19 @@ async def run_show(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
-def _move(entry_id: str, fields: RawFields) -> tuple[str, str, RawFields] | str:
-    """The move that replays an entry, or why it cannot be replayed."""
+def _move(entry_id: str, fields: RawFields) -> tuple[str, bytes, RawFields] | str:
+    """The move that replays an entry, or why it cannot be replayed.
+
+    The target is the ``dlq_stream`` field's bytes as they are: a stream name
+    that is not UTF-8 is replayed to that very key, not to a decoded look-alike.
+    """
     target = fields.get(b"dlq_stream")
     if not target:
         return f"{entry_id} has no dlq_stream field"
     original = {k: v for k, v in fields.items() if not k.startswith(_DLQ_PREFIX)}
     if not original:
         return f"{entry_id} kept no event fields"
-    return entry_id, text(target), original
+    return entry_id, target, original
 
 
 async def run_replay(args: argparse.Namespace, ctx: Context) -> int:
@@ -219,7 +223,10 @@ async def run_replay(args: argparse.Namespace, ctx: Context) -> int:
             if new_id is None:
                 problems.append(f"{entry_id}: already replayed or deleted")
                 continue
-            out(f"{entry_id} -> {target} {new_id}")
+            if not isinstance(new_id, str):  # refused: still in the DLQ
+                problems.append(f"{entry_id}: {new_id}")
+                continue
+            out(f"{entry_id} -> {text(target)} {new_id}")
             replayed += 1
     out(f"replayed {plural(replayed, 'dead letter')} from {key}")
     for problem in problems:

@@ -6,41 +6,38 @@ import argparse
 import json
 from typing import Any
 
-from agentstream.admin._common import Context, duration, out, table, text
+from agentstream.admin._common import Context, duration, out, table
 from agentstream.config import SubscriptionSettings
 from agentstream.transport.admin_ops import AdminOps
+from agentstream.transport.group_state import GroupState, aread_group_state
 from agentstream.transport.keys import physical_subscriptions
 
 
-def _ms_part(entry_id: str) -> int:
-    return int(entry_id.partition("-")[0])
-
-
 async def _subscription_stats(
-    transport: AdminOps, sub: SubscriptionSettings, now_ms: int
+    transport: AdminOps, sub: SubscriptionSettings
 ) -> dict[str, Any]:
-    """What one subscription looks like now; the keys are the same every time."""
-    exists = await transport.aexists()
-    group = await transport.agroup_info() if exists else None
-    pending = await transport.apending_summary() if group is not None else None
+    """What one subscription looks like now; the keys are the same every time.
+
+    The group's figures are read at one instant and checked against the
+    stream (``agentstream.transport.group_state``): a lag that cannot be known
+    is null, never a number that contradicts the stream.
+    """
+    state = await aread_group_state(transport)
+    group = state if isinstance(state, GroupState) else None
     consumers = await transport.agroup_consumers() if group is not None else None
-    oldest = pending["min_id"] if pending else None
-    lag = group.get("lag") if group else None
-    entries_read = group.get("entries-read") if group else None
     return {
         "stream": sub.stream,
         "group": sub.group,
-        "stream_exists": exists,
+        "stream_exists": state is not False,
         "group_exists": group is not None,
-        "length": await transport.alength() if exists else 0,
-        "lag": None if lag is None else int(lag),
-        "pending": pending["count"] if pending else None,
-        "oldest_pending_id": oldest,
-        "oldest_pending_age_ms": (
-            None if oldest is None else max(now_ms - _ms_part(oldest), 0)
-        ),
-        "last_delivered_id": text(group["last-delivered-id"]) if group else None,
-        "entries_read": None if entries_read is None else int(entries_read),
+        "length": group.length if group else await transport.alength(),
+        "lag": group.lag if group else None,
+        "redis_lag": group.redis_lag if group else None,
+        "pending": group.pending if group else None,
+        "oldest_pending_id": group.oldest_pending_id if group else None,
+        "oldest_pending_age_ms": group.oldest_pending_age_ms if group else None,
+        "last_delivered_id": group.last_delivered_id if group else None,
+        "entries_read": group.entries_read if group else None,
         "dead_letter_stream": sub.dead_letter_key,
         "dead_letters": await transport.alength(sub.dead_letter_key),
         "consumers": [
@@ -60,23 +57,29 @@ def _cell(value: Any, missing: str = "-") -> str:
     return missing if value is None else str(value)
 
 
+def _age(stats: dict[str, Any]) -> str:
+    age = stats["oldest_pending_age_ms"]
+    if age is not None:
+        return duration(age)
+    # A pending id past the server's clock: not a publish time.
+    return "unknown" if stats["oldest_pending_id"] else "-"
+
+
 def _render(subscriptions: list[dict[str, Any]]) -> list[str]:
-    rows = []
-    for s in subscriptions:
-        age = s["oldest_pending_age_ms"]
-        rows.append(
-            [
-                s["stream"],
-                s["group"],
-                _status(s),
-                str(s["length"]) if s["stream_exists"] else "-",
-                _cell(s["lag"], "unknown") if s["group_exists"] else "-",
-                _cell(s["pending"]),
-                "-" if age is None else duration(age),
-                s["dead_letter_stream"],
-                str(s["dead_letters"]),
-            ]
-        )
+    rows = [
+        [
+            s["stream"],
+            s["group"],
+            _status(s),
+            str(s["length"]) if s["stream_exists"] else "-",
+            _cell(s["lag"], "unknown") if s["group_exists"] else "-",
+            _cell(s["pending"]),
+            _age(s),
+            s["dead_letter_stream"],
+            str(s["dead_letters"]),
+        ]
+        for s in subscriptions
+    ]
     headers = [
         "STREAM",
         "GROUP",
@@ -127,16 +130,12 @@ async def run_stats(args: argparse.Namespace, ctx: Context) -> int:
     """Print the state of every stream key (each partition) and partition totals."""
     subscriptions: list[dict[str, Any]] = []
     totals: list[dict[str, Any]] = []
-    now_ms: int | None = None
     cluster = ctx.settings.redis.is_cluster
     for logical in ctx.settings.subscriptions:
         parts = []
         for sub in physical_subscriptions(logical, cluster=cluster):
             transport = ctx.transport(sub.stream, sub.group)
-            if now_ms is None:
-                # The server's clock: the ids are its milliseconds, not ours.
-                now_ms = await transport.aserver_time_ms()
-            parts.append(await _subscription_stats(transport, sub, now_ms))
+            parts.append(await _subscription_stats(transport, sub))
         subscriptions += parts
         if logical.partitions > 1:
             totals.append(_total(logical, parts))

@@ -63,11 +63,12 @@ class TypeTally:
 class Tally:
     """Everything a consumer counted since the last ``take()``."""
 
-    __slots__ = ("dead_letter_reasons", "types")
+    __slots__ = ("dead_letter_failures", "dead_letter_reasons", "types")
 
     def __init__(self) -> None:
         self.types: dict[str, TypeTally] = {}
         self.dead_letter_reasons: dict[str, int] = {}
+        self.dead_letter_failures: dict[str, int] = {}
 
     def of(self, event_type: str) -> TypeTally:
         """The tally of one event type (``other`` past ``MAX_TYPES`` types)."""
@@ -86,10 +87,11 @@ class Tally:
 
     def dead_lettered(self, reason: str) -> None:
         """Count one dead letter by reason (``other`` past ``MAX_REASONS``)."""
-        reasons = self.dead_letter_reasons
-        if reason not in reasons and len(reasons) >= MAX_REASONS:
-            reason = OTHER
-        self.dead_letter_reasons[reason] = self.dead_letter_reasons.get(reason, 0) + 1
+        _count_reason(self.dead_letter_reasons, reason)
+
+    def dead_letter_failed(self, reason: str) -> None:
+        """Count one dead letter the dead-letter stream refused, by reason."""
+        _count_reason(self.dead_letter_failures, reason)
 
     def total(self, outcome: int) -> int:
         """The count of one outcome over every type."""
@@ -103,7 +105,17 @@ class Tally:
             self.dead_letter_reasons,
             {},
         )
+        taken.dead_letter_failures, self.dead_letter_failures = (
+            self.dead_letter_failures,
+            {},
+        )
         return taken
+
+
+def _count_reason(reasons: dict[str, int], reason: str) -> None:
+    if reason not in reasons and len(reasons) >= MAX_REASONS:
+        reason = OTHER
+    reasons[reason] = reasons.get(reason, 0) + 1
 
 
 @dataclass(slots=True)

@@ -63,7 +63,7 @@ class GroupStats:
     length: int
     lag: int | None
     pending: int
-    oldest_pending_age_s: float
+    oldest_pending_age_s: float | None
     consumers: int
     dead_letter_length: int
     #: Age of the oldest entry not yet delivered to the group, from its id;
@@ -159,6 +159,11 @@ class Metrics:
             "Entries moved to the dead-letter stream, by reason.",
             ("stream", "group", "reason"),
         )
+        self.dead_letter_failures = counter(
+            "agentstream_dead_letter_failures_total",
+            "Dead letters the dead-letter stream refused (the event stays pending).",
+            ("stream", "group", "reason"),
+        )
         self.sweep_duration = Histogram(
             "agentstream_reaper_sweep_duration_seconds",
             "Duration of one reaper sweep, claimed entries handled included.",
@@ -189,7 +194,8 @@ class Metrics:
         )
         self.oldest_pending_age = gauge(
             "agentstream_oldest_pending_age_seconds",
-            "Age of the oldest pending entry, from its id; 0 when none is pending.",
+            "Age of the oldest pending entry, from its id and the server's clock; "
+            "0 when none is pending; absent when the id lies in the future.",
         )
         self.stream_length = gauge(
             "agentstream_stream_length", "Entries in the stream.", ("stream",)
@@ -255,6 +261,9 @@ class Metrics:
         for reason, n in tally.dead_letter_reasons.items():
             label = reason if reason in DEAD_LETTER_REASONS else "handler"
             self.dead_lettered.labels(stream, group, label).inc(n)
+        for reason, n in tally.dead_letter_failures.items():
+            label = reason if reason in DEAD_LETTER_REASONS else "handler"
+            self.dead_letter_failures.labels(stream, group, label).inc(n)
 
     def record_redis(
         self,
@@ -304,7 +313,12 @@ class Metrics:
         else:
             self.lag_age.labels(stream, group).set(stats.lag_age_s)
         self.pending.labels(stream, group).set(stats.pending)
-        self.oldest_pending_age.labels(stream, group).set(stats.oldest_pending_age_s)
+        if stats.oldest_pending_age_s is None:  # an id that is not a publish time
+            self.oldest_pending_age.remove(stream, group)
+        else:
+            self.oldest_pending_age.labels(stream, group).set(
+                stats.oldest_pending_age_s
+            )
         self.consumers.labels(stream, group).set(stats.consumers)
         self.stream_length.labels(stream).set(stats.length)
         self.dead_letter_length.labels(stream).set(stats.dead_letter_length)

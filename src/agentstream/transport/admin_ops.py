@@ -13,7 +13,6 @@ from agentstream.transport.core import (
     RawFields,
     StreamCore,
     decode_id,
-    pending_summary,
     to_text,
 )
 
@@ -31,35 +30,6 @@ class AdminOps(StreamCore):
         """Return whether ``key`` (or this stream) exists."""
         name = self.stream if key is None else key
         return bool(await self.acall("exists", lambda: self.raw.exists(name)))
-
-    async def aserver_time_ms(self) -> int:
-        """Return the Redis server's clock (TIME) in Unix milliseconds."""
-        reply: Any = await self.acall("time", self.raw.time)
-        if isinstance(reply, dict):  # a cluster client asked several nodes
-            reply = next(iter(reply.values()))
-        seconds, micros = reply
-        return int(seconds) * 1000 + int(micros) // 1000
-
-    async def apending_summary(self) -> dict[str, Any] | None:
-        """Return the group's XPENDING summary, or None without stream or group.
-
-        Unlike ``apending()`` it never recreates the group. Ids and consumer
-        names are ``str`` (undecodable bytes replaced).
-        """
-        try:
-            raw = await self.acall(
-                "xpending", lambda: self.raw.xpending(self.stream, self.group)
-            )
-        except NoGroup:
-            return None
-        summary = pending_summary(raw)
-        for key in ("min_id", "max_id"):
-            if summary[key] is not None:
-                summary[key] = to_text(summary[key])
-        summary["consumers"] = {
-            to_text(name): n for name, n in summary["consumers"].items()
-        }
-        return summary
 
     async def agroup_consumers(self) -> list[dict[str, Any]] | None:
         """List the group's consumers (``name``, ``pending``, ``idle`` in ms).
@@ -111,19 +81,21 @@ class AdminOps(StreamCore):
         return int(await self.acall("xdel", lambda: self.raw.xdel(key, *ids)))
 
     async def amove_entries(
-        self, source: str, moves: Sequence[tuple[str, str, RawFields]]
-    ) -> list[str | None]:
+        self, source: str, moves: Sequence[tuple[str, str | bytes, RawFields]]
+    ) -> list[str | None | errors.TransportError]:
         """Move entries between streams, each atomically (a Lua script).
 
         Args:
             source: the stream the entries leave (XDEL).
-            moves: ``(entry_id, target_stream, fields)``: ``entry_id`` is deleted
-                from ``source`` and, only if it was still there, ``fields`` are
-                added to ``target_stream`` (XADD, no trimming).
+            moves: ``(entry_id, target_stream, fields)``: ``fields`` are added to
+                ``target_stream`` (XADD, no trimming) and, only once that
+                succeeded, ``entry_id`` is deleted from ``source``.
 
         Returns:
-            The new ids, in the order of ``moves``; None where the entry was
-            already gone (another operator moved or deleted it first).
+            Per move, in order: the new id; None where the entry was already gone
+            (another operator moved or deleted it first); or a
+            ``TransportError`` naming why the target refused it (it holds
+            another type, OOM, ...), the entry then left in ``source``.
         """
         if not moves:
             return []
@@ -150,4 +122,19 @@ class AdminOps(StreamCore):
                 return list(await pipe.execute())
 
         results = await self.acall("xadd/xdel", run)
-        return [None if new_id is None else decode_id(new_id) for new_id in results]
+        outcomes: list[str | None | errors.TransportError] = []
+        for (_, target, _), (status, *rest) in zip(moves, results, strict=True):
+            if status == 1:
+                outcomes.append(decode_id(rest[0]))
+            elif status == 0:
+                outcomes.append(None)
+            else:
+                msg = (
+                    f"Redis at {self.location} refused the XADD to {to_text(target)!r}"
+                )
+                outcomes.append(
+                    errors.TransportError(
+                        self._scrub(f"{msg}: {to_text(rest[0])}"), "xadd"
+                    )
+                )
+        return outcomes

@@ -172,6 +172,8 @@ class StreamCore:
         self._acquire_partition = self.raw.register_script(_scripts.ACQUIRE_PARTITION)
         self._renew_partition = self.raw.register_script(_scripts.RENEW_PARTITION)
         self._members = self.raw.register_script(_scripts.MEMBERS)
+        self._dead_letter = self.raw.register_script(_scripts.DEAD_LETTER)
+        self._prune_errors = self.raw.register_script(_scripts.PRUNE_ERROR_RECORDS)
 
     @classmethod
     def attach(
@@ -641,7 +643,7 @@ def pending_entries(raw: list[dict[str, Any]]) -> list[PendingEntry]:
     return [
         PendingEntry(
             decode_id(p["message_id"]),
-            decode_id(p["consumer"]),
+            to_text(p["consumer"]),
             int(p["time_since_delivered"]),
             int(p["times_delivered"]),
         )

@@ -84,6 +84,9 @@ class RedisConnectionPool:
         max_connections: the most connections of each kind (sync, async), per
             node on a cluster.
         decode_responses: return ``str`` instead of ``bytes`` from the clients.
+            Bytes that are not UTF-8 (a producer in another language) decode with
+            U+FFFD replacement characters (redis-py ``encoding_errors="replace"``),
+            so one such entry never fails a read.
         cluster: the URL's hosts are seed nodes of a Redis Cluster.
         sentinels: ``(host, port)`` of Sentinels to ask for the primary of
             ``service_name`` (instead of the URL's host).
@@ -119,6 +122,7 @@ class RedisConnectionPool:
             "socket_timeout": DEFAULT_SOCKET_TIMEOUT_S,
             "socket_connect_timeout": 5.0,
             "health_check_interval": 0,
+            "encoding_errors": "replace",
             **connection_kwargs,
         }
         scheme, user, password, hosts, path = split_hosts(redis_url)

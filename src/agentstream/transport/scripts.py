@@ -5,18 +5,24 @@ from __future__ import annotations
 #: The commands the scripts run, by the transport operation that runs them: an
 #: ACL user needs them all (and EVALSHA), and a refusal names them.
 COMMANDS: dict[str, tuple[str, ...]] = {
-    "xclaim": ("evalsha", "xpending", "xrange", "xack", "xclaim"),
+    "xclaim": ("evalsha", "xpending", "xrange", "xack", "xclaim", "hdel"),
     "xgroup delconsumer": ("evalsha", "xinfo", "xgroup"),
     "lease": ("evalsha", "get", "set", "del"),
     "partition lease": ("evalsha", "get", "set", "incr", "pexpire", "del"),
     "members": ("evalsha", "time", "zadd", "zremrangebyscore", "pexpire", "zrange"),
-    "xadd/xdel": ("evalsha", "xdel", "xadd"),
+    "xadd/xdel": ("evalsha", "xrange", "xadd", "xdel"),
+    "dead letter": ("evalsha", "xadd", "xack", "hdel", "hsetnx"),
+    "error records": ("evalsha", "hscan", "xpending", "hdel", "del"),
+    "group state": ("evalsha_ro", "exists", "xinfo", "xpending", "xrange", "time"),
 }
 
-# KEYS[1] stream; ARGV group, consumer, min_idle_ms, id...
+# Error records are dropped with pcall throughout: bookkeeping (a key of another
+# type in their place) never stops a claim, an acknowledgement or a dead letter.
+
+# KEYS[1] stream, KEYS[2] error records; ARGV group, consumer, min_idle_ms, id...
 # Claims each id that is still pending and idle for at least min_idle_ms. An id
-# whose entry left the stream is acknowledged and reported as lost instead, so
-# that it is never retried forever. Returns {claimed, lost}, where each claimed
+# whose entry left the stream is acknowledged (and its error record dropped) and
+# reported as lost instead, so that it is never retried forever. Returns {claimed, lost}, where each claimed
 # item is {id, fields, delivery_count}.
 CLAIM = """
 local claimed, lost = {}, {}
@@ -27,6 +33,7 @@ for i = 4, #ARGV do
   if #p > 0 and tonumber(p[1][3]) >= min_idle then
     if #redis.call('XRANGE', KEYS[1], id, id) == 0 then
       redis.call('XACK', KEYS[1], group, id)
+      redis.pcall('HDEL', KEYS[2], id)
       lost[#lost + 1] = id
     else
       local r = redis.call('XCLAIM', KEYS[1], group, consumer, min_idle, id)
@@ -39,7 +46,7 @@ end
 return {claimed, lost}
 """
 
-# KEYS[1] stream; ARGV group, owner, new_owner, id...
+# KEYS[1] stream, KEYS[2] error records; ARGV group, owner, new_owner, id...
 # Hands the ids that owner still owns to new_owner (owner itself to renew a
 # lease), resetting their idle time without raising their delivery count. An id
 # another consumer took over is left alone: taking it back would let two live
@@ -57,6 +64,7 @@ for i = 4, #ARGV do
   if #redis.call('XPENDING', KEYS[1], group, id, id, 1, owner) > 0 then
     if #redis.call('XRANGE', KEYS[1], id, id) == 0 then
       redis.call('XACK', KEYS[1], group, id)
+      redis.pcall('HDEL', KEYS[2], id)
       lost[#lost + 1] = id
     else
       redis.call('XCLAIM', KEYS[1], group, new_owner, 0, id, 'JUSTID')
@@ -119,16 +127,114 @@ return 0
 """
 
 # KEYS[1] source stream, KEYS[2] target stream; ARGV entry id, field, value, ...
-# Moves one entry: deletes it from the source and, only if it was still there,
-# adds its fields to the target. Two operators replaying the same entry at once
-# thus add it once. Returns the new id, or false when the entry was gone.
+# Moves one entry: adds its fields to the target and, only once that write
+# succeeded, deletes it from the source. An entry no longer in the source is
+# left alone, so two operators replaying the same entry at once add it once.
+# Redis does not undo a script's writes when a later command fails, hence the
+# order, and pcall: a refused XADD (the target holds another type, OOM) leaves
+# the source untouched. Returns {1, new id}, {0} when the entry was gone, or
+# {-1, error} when the target refused it.
 MOVE = """
-if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then
-  return false
+if #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) == 0 then
+  return {0}
 end
 local fields = {}
 for i = 2, #ARGV do fields[#fields + 1] = ARGV[i] end
-return redis.call('XADD', KEYS[2], '*', unpack(fields))
+local new_id = redis.pcall('XADD', KEYS[2], '*', unpack(fields))
+if type(new_id) == 'table' and new_id.err then
+  return {-1, new_id.err}
+end
+redis.call('XDEL', KEYS[1], ARGV[1])
+return {1, new_id}
+"""
+
+# KEYS[1] stream, KEYS[2] dead-letter stream, KEYS[3] error records;
+# ARGV group, entry id, max_len, error, field, value, ...
+# Dead-letters one entry: the XACK (and dropping its error record) happens only
+# once the XADD succeeded. A MULTI would not do: Redis runs the XACK of a
+# transaction even when its XADD fails (WRONGTYPE, OOM). When it fails, the
+# entry stays pending and, unless an earlier failure's record is there, error
+# becomes its record, so that a later dead letter still says why. Returns
+# {1, new id}, or {0, XADD's error}.
+DEAD_LETTER = """
+local fields = {}
+for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
+local new_id = redis.pcall(
+  'XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(fields))
+if type(new_id) == 'table' and new_id.err then
+  redis.pcall('HSETNX', KEYS[3], ARGV[2], ARGV[4])
+  return {0, new_id.err}
+end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.pcall('HDEL', KEYS[3], ARGV[2])
+return {1, new_id}
+"""
+
+# KEYS[1] stream, KEYS[2] error records; ARGV group, cursor, count
+# Drops the error records of entries no longer pending in the group (acknowledged
+# by an operator or another tool), COUNT fields per call along an HSCAN cursor;
+# all of them when the stream or the group is gone. Returns the next cursor.
+PRUNE_ERROR_RECORDS = """
+local scan = redis.call('HSCAN', KEYS[2], ARGV[2], 'COUNT', ARGV[3])
+local gone = {}
+for i = 1, #scan[2], 2 do
+  local id = scan[2][i]
+  local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], id, id, 1)
+  if type(p) == 'table' and p.err then
+    if string.find(p.err, 'NOGROUP', 1, true) then
+      redis.call('DEL', KEYS[2])
+      return '0'
+    end
+    gone[#gone + 1] = id  -- not an entry id: never ours
+  elseif #p == 0 then
+    gone[#gone + 1] = id
+  end
+end
+if #gone > 0 then redis.call('HDEL', KEYS[2], unpack(gone)) end
+return scan[1]
+"""
+
+# KEYS[1] stream; ARGV group, cap
+# What the backlog figures are computed from, read at one instant: the stream's
+# length and first and last entry ids, the group's last-delivered id, its
+# entries-read and lag as Redis reports them, the pending summary, the server's
+# clock, and how many entries lie after and up to the last-delivered id (each
+# counted up to cap + 1, and only when both sides hold entries: XRANGE returns
+# whole entries, so a count costs what it reads).
+# Returns {0} without stream, {1} without group, else
+# {2, length, first_id, last_id, last_delivered_id, entries_read, lag, pending,
+#  oldest_pending_id, consumers, time_s, time_us, after, upto}.
+GROUP_STATE = """
+local function map(flat)
+  local m = {}
+  for i = 1, #flat, 2 do m[flat[i]] = flat[i + 1] end
+  return m
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
+local group
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local m = map(g)
+  if m['name'] == ARGV[1] then group = m break end
+end
+if group == nil then return {1} end
+local s = map(redis.call('XINFO', 'STREAM', KEYS[1]))
+local summary = redis.call('XPENDING', KEYS[1], ARGV[1])
+local d = group['last-delivered-id']
+local function count(first, last, n)
+  return #redis.call('XRANGE', KEYS[1], first, last, 'COUNT', n)
+end
+local after, upto = count('(' .. d, '+', 1), count('-', d, 1)
+if after > 0 and upto > 0 then  -- else the lag is 0 or the length: no count
+  local cap = tonumber(ARGV[2]) + 1
+  after, upto = count('(' .. d, '+', cap), count('-', d, cap)
+end
+local first = s['first-entry'] and s['first-entry'][1]
+local last = s['last-entry'] and s['last-entry'][1]
+local now = redis.call('TIME')
+-- A nil would end the reply's array there: Redis before 7 has no lag.
+return {2, s['length'], first or false, last or false, d,
+  group['entries-read'] or false, group['lag'] or false, summary[1],
+  summary[2] or false, group['consumers'], now[1], now[2], after, upto}
 """
 
 # KEYS[1] partition lease, KEYS[2] its fencing counter; ARGV member, ttl_ms

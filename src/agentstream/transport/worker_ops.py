@@ -8,6 +8,7 @@ from collections.abc import (
 )
 from typing import Any
 
+from agentstream import errors
 from agentstream.errors import Refused
 from agentstream.transport.core import (
     ClaimResult,
@@ -16,14 +17,35 @@ from agentstream.transport.core import (
     StreamCore,
     decode_id,
     pairs_to_fields,
+    to_text,
 )
 from agentstream.transport.keys import derived_key
 
-__all__ = ["WorkerOps"]
+__all__ = ["DeadLetterRefused", "WorkerOps"]
+
+
+class DeadLetterRefused(errors.TransportError):
+    """The dead-letter stream refused the entry (WRONGTYPE, OOM, ...).
+
+    Nothing changed: the entry is still pending where it was.
+    """
 
 
 class WorkerOps(StreamCore):
-    """The worker's stream operations (async only): one stream and group."""
+    """The worker's stream operations (async only): one stream and group.
+
+    Error records (the last error of an entry that failed, for its dead letter)
+    live in one hash per stream and group, ``errors_key``, field = entry id. A
+    record goes away with its entry's acknowledgement: every XACK the worker
+    sends (batched acks, dead letters, lost entries) drops the records of the
+    same ids in the same round trip, so the hash holds what is in flight.
+    """
+
+    @property
+    def errors_key(self) -> str:
+        """The hash of this group's error records: ``{stream}:errors:{group}``
+        (in the stream's cluster slot, see ``transport.keys``)."""
+        return self.derived_key(f"errors:{self.group}")
 
     # -- worker reads (undecoded bytes, for the strict decoder) -----------------
 
@@ -37,9 +59,9 @@ class WorkerOps(StreamCore):
         """Read new entries for ``consumer`` as undecoded ``(id, fields)`` pairs.
 
         This is the worker's hot path: one XREADGROUP, no per-entry decoding, and
-        ``ack_ids`` acknowledged in the same round trip (pipelined before the
-        read). The block is capped below the socket timeout; an empty list means
-        no entry arrived in time.
+        ``ack_ids`` acknowledged in the same round trip (XACK and HDEL of their
+        error records, pipelined before the read). The block is capped below the
+        socket timeout; an empty list means no entry arrived in time.
         """
         block = self.block(block_ms)
         streams: dict[Any, Any] = {self.stream: ">"}
@@ -51,8 +73,9 @@ class WorkerOps(StreamCore):
                 )
             async with self.raw.pipeline(transaction=False) as pipe:
                 pipe.xack(self.stream, self.group, *ack_ids)
+                pipe.hdel(self.errors_key, *ack_ids)
                 pipe.xreadgroup(self.group, consumer, streams, count=count, block=block)
-                return (await pipe.execute())[1]
+                return _replies(await pipe.execute(raise_on_error=False))[1]
 
         rows: Any = await self.acall("xreadgroup", read, recreate=True)
         return rows[0][1] if rows else []
@@ -142,9 +165,10 @@ class WorkerOps(StreamCore):
         if not ids:
             return ClaimResult([], [])
         args = [self.group, consumer, min_idle_ms, *ids]
+        keys = [self.stream, self.errors_key]
         claimed, lost = await self.acall(
             "xclaim",
-            lambda: self._claim(keys=[self.stream], args=args),  # type: ignore[arg-type]
+            lambda: self._claim(keys=keys, args=args),  # type: ignore[arg-type]
             recreate=True,
         )
         entries = [
@@ -182,12 +206,29 @@ class WorkerOps(StreamCore):
         if not ids:
             return [], []
         args = [self.group, owner, new_owner, *ids]
+        keys = [self.stream, self.errors_key]
         moved, lost = await self.acall(
             "xclaim",
-            lambda: self._transfer(keys=[self.stream], args=args),
+            lambda: self._transfer(keys=keys, args=args),
             recreate=True,
         )
         return [decode_id(i) for i in moved], [decode_id(i) for i in lost]
+
+    async def aack(self, ids: Sequence[str | bytes]) -> int:
+        """Acknowledge ids (XACK) and drop their error records (HDEL), pipelined.
+
+        Returns how many were pending.
+        """
+        if not ids:
+            return 0
+
+        async def run() -> Any:
+            async with self.raw.pipeline(transaction=False) as pipe:
+                pipe.xack(self.stream, self.group, *ids)
+                pipe.hdel(self.errors_key, *ids)
+                return _replies(await pipe.execute(raise_on_error=False))[0]
+
+        return int(await self.acall("xack", run, recreate=True))
 
     async def adead_letter(
         self,
@@ -197,39 +238,59 @@ class WorkerOps(StreamCore):
         details: dict[str, str],
         max_len: int,
     ) -> str:
-        """Move one entry to a dead-letter stream and acknowledge it, atomically.
+        """Move one entry to a dead-letter stream, then acknowledge it (Lua).
 
         The dead-letter entry keeps the original fields (when the data still
         exists) and adds ``details`` (each key prefixed with ``dlq_``), plus the
-        original stream, id and group.
+        original stream, id and group. The XACK (and dropping the entry's error
+        record) runs only once the XADD succeeded; when it fails, the entry keeps
+        its error record, or gets one naming the refused dead letter.
+
+        Returns:
+            The dead letter's id.
+
+        Raises:
+            DeadLetterRefused: the XADD was refused (the key holds another type,
+                OOM, ...); nothing changed, the entry is still pending.
+            agentstream.errors.TransportError: Redis failed otherwise.
         """
-        dead: dict[Any, Any] = dict(fields or {})
-        dead.update(
-            {
-                "dlq_stream": self.stream,
-                "dlq_id": entry_id,
-                "dlq_group": self.group,
-                "dlq_at": str(time.time()),
-            }
+        dead: dict[bytes, bytes | str] = dict(fields or {})
+        ours = {
+            "stream": self.stream,
+            "id": entry_id,
+            "group": self.group,
+            "at": str(time.time()),
+            **details,
+        }
+        # Bytes keys: an original field of the same name is replaced, not doubled.
+        dead.update({f"dlq_{k}".encode(): v for k, v in ours.items()})
+        error = f"dead letter ({details.get('reason', '?')}) refused: " + details.get(
+            "error", ""
         )
-        dead.update({f"dlq_{k}": v for k, v in details.items()})
-
-        async def run() -> list[Any]:
-            async with self.raw.pipeline(transaction=True) as pipe:
-                pipe.xadd(dead_letter_stream, dead, maxlen=max_len, approximate=True)
-                pipe.xack(self.stream, self.group, entry_id)
-                return await pipe.execute()
-
-        new_id, _ = await self.acall("dead letter", run)
-        return decode_id(new_id)
+        args: list[Any] = [self.group, entry_id, max_len, error]
+        for name, value in dead.items():
+            args.extend((name, value))
+        keys = [self.stream, dead_letter_stream, self.errors_key]
+        done, result = await self.acall(
+            "dead letter", lambda: self._dead_letter(keys=keys, args=args)
+        )
+        if not done:
+            msg = (
+                f"Redis at {self.location} refused the dead letter of {entry_id} "
+                f"in {dead_letter_stream!r}: {to_text(result)}"
+            )
+            raise DeadLetterRefused(self._scrub(msg), "dead letter")
+        return decode_id(result)
 
     # -- failures remembered between deliveries ------------------------------
 
-    def _error_key(self, entry_id: str) -> str:
-        return self.derived_key(f"lasterror:{self.group}:{entry_id}")
-
     async def aset_last_error(self, entry_id: str, error: str, ttl_s: float) -> bool:
-        """Remember the last error of an entry for ``ttl_s`` seconds (SET PX).
+        """Remember the last error of an entry (HSET in ``errors_key``).
+
+        The record goes when the entry is acknowledged or dead-lettered; the
+        hash itself expires ``ttl_s`` seconds after the last error written (a
+        bound for records of entries acknowledged behind the worker's back, which
+        ``aprune_error_records`` also removes).
 
         The record is bookkeeping: when Redis refuses the write (``maxmemory``
         with ``noeviction``, a read-only replica, the ACL...) the refusal goes
@@ -238,19 +299,40 @@ class WorkerOps(StreamCore):
         Raises:
             ConnectionError: Redis could not be reached.
         """
-        key = self._error_key(entry_id)
         ttl_ms = max(int(ttl_s * 1000), 1)
+
+        async def run() -> Any:
+            async with self.raw.pipeline(transaction=False) as pipe:
+                pipe.hset(self.errors_key, entry_id, error)
+                pipe.pexpire(self.errors_key, ttl_ms)
+                return await pipe.execute()
+
         try:
-            await self.acall("set", lambda: self.raw.set(key, error, px=ttl_ms))
+            await self.acall("hset", run)
         except Refused:
             return False
         return True
 
     async def aget_last_error(self, entry_id: str) -> str | None:
-        """Return the last error remembered for an entry, if any."""
-        key = self._error_key(entry_id)
-        value = await self.acall("get", lambda: self.raw.get(key))
-        return None if value is None else decode_id(value)
+        """Return the last error recorded for an entry, if any."""
+        value = await self.acall(
+            "hget", lambda: self.raw.hget(self.errors_key, entry_id)
+        )
+        return None if value is None else to_text(value)
+
+    async def aprune_error_records(self, cursor: str = "0", count: int = 100) -> str:
+        """Drop error records of entries no longer pending, ``count`` at a time.
+
+        Follows an HSCAN cursor: call again with the cursor returned (``"0"``:
+        the pass is complete). All records go when the group is gone.
+        """
+        keys = [self.stream, self.errors_key]
+        args = [self.group, cursor, count]
+        next_cursor = await self.acall(
+            "error records",
+            lambda: self._prune_errors(keys=keys, args=args),  # type: ignore[arg-type]
+        )
+        return to_text(next_cursor)
 
     # -- consumers and groups ------------------------------------------------
 
@@ -274,22 +356,25 @@ class WorkerOps(StreamCore):
             lambda: self._delete_idle(keys=[self.stream], args=args),
             recreate=True,
         )
-        return [decode_id(n) for n in removed]
+        return [to_text(n) for n in removed]
 
     async def aconsumers(self) -> list[dict[str, Any]]:
         """List the group's consumers: ``name``, ``pending`` and ``idle`` (ms).
+
+        A name that is not UTF-8 (another tool's consumer) stays ``bytes``, so
+        that commands given it name that very consumer.
 
         ``idle`` is the time since the consumer last read or claimed something
         (Redis 7.2+ calls that ``inactive``; its ``idle`` counts failed reads too).
         """
         rows = await self.acall(
             "xinfo consumers",
-            lambda: self.axinfo(self.aio, "XINFO CONSUMERS", self.group),
+            lambda: self.axinfo(self.raw, "XINFO CONSUMERS", self.group),
             recreate=True,
         )
         return [
             {
-                "name": r["name"],
+                "name": _name(r["name"]),
                 "pending": int(r["pending"]),
                 "idle": int(r.get("inactive", r["idle"])),
             }
@@ -376,3 +461,20 @@ class WorkerOps(StreamCore):
             "members", lambda: script(keys=[key], args=[member, ttl_ms])
         )
         return sorted(decode_id(r) for r in rows)
+
+
+def _replies(results: list[Any]) -> list[Any]:
+    """The replies of a pipeline whose second command drops error records (HDEL),
+    without that one: its failure (a key of another type) is bookkeeping and
+    ignored; any other command's error is raised."""
+    for i, result in enumerate(results):
+        if i != 1 and isinstance(result, Exception):
+            raise result
+    return [r for i, r in enumerate(results) if i != 1]
+
+
+def _name(raw: bytes) -> str | bytes:
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw

@@ -29,7 +29,7 @@ from agentstream.observe.counts import (
     Tally,
 )
 from agentstream.transport.core import RawEntry, RawFields, to_text
-from agentstream.transport.worker_ops import WorkerOps
+from agentstream.transport.worker_ops import DeadLetterRefused, WorkerOps
 from agentstream.worker.unhandled import warn_unhandled
 
 __all__ = ["RETRY_CONSUMER", "Consumer"]
@@ -392,11 +392,13 @@ class Consumer:
         reason: str,
         error: str,
         delivery_count: int,
-    ) -> None:
+    ) -> bool:
         """Move one entry to the dead-letter stream (and acknowledge it).
 
-        When Redis refuses the write (``maxmemory``, ...) the entry is parked
-        for the reaper instead, which tries again after the backoff.
+        When the dead-letter stream or Redis refuses it (a key of another
+        type, ``maxmemory``...), the entry stays pending, parked
+        for the reaper (which tries again), the refusal is counted and logged,
+        and False is returned.
         """
         try:
             await self.transport.adead_letter(
@@ -410,10 +412,17 @@ class Consumer:
                 },
                 self._sub.dead_letter_max_len,
             )
-        except Refused as exc:
-            log.warning("dead_letter_refused", event_id=entry_id, reason=exc.reason)
+        except (DeadLetterRefused, Refused) as exc:
+            self.tally.dead_letter_failed(reason)
+            log.error(
+                "dead_letter_failed",
+                event_id=entry_id,
+                reason=reason,
+                error=str(exc),
+                dead_letter_stream=self._sub.dead_letter_key,
+            )
             await self._park(entry_id)
-            return
+            return False
         self.tally.dead_lettered(reason)
         log.warning(
             "event_dead_lettered",
@@ -422,6 +431,7 @@ class Consumer:
             error=error,
             dead_letter_stream=self._sub.dead_letter_key,
         )
+        return True
 
     async def flush_acks(self) -> None:
         """Send the gathered acknowledgements now."""

@@ -55,6 +55,7 @@ class Reaper:
         self._live = live_consumers
         self._spared = frozenset(spared)
         self._wake = anyio.Event()
+        self._prune_cursor = "0"
 
     def stop(self) -> None:
         """Stop sweeping; an entry being handled is still finished."""
@@ -93,6 +94,9 @@ class Reaper:
             await self._sweep_owner(owner, result)
             if self.consumer.stopping:
                 break
+        # Error records of entries acknowledged behind the worker's back (an
+        # operator's XACK): a page per sweep.
+        self._prune_cursor = await transport.aprune_error_records(self._prune_cursor)
         result.removed_consumers = await transport.adelete_idle_consumers(
             int(settings.consumer_ttl_s * 1000), sorted(self._live)
         )
@@ -153,15 +157,15 @@ class Reaper:
             deliveries = entry.delivery_count - 1  # the claim itself counted one
             if deliveries >= self._settings.max_deliveries:
                 error = await transport.aget_last_error(entry.id)
-                await consumer.dead_letter(
+                if await consumer.dead_letter(
                     entry.id,
                     entry.fields,
                     "max_deliveries",
                     error or "unknown (no error recorded)",
                     deliveries,
-                )
-                consumer.tally.count(event_type(entry.fields), DEAD_LETTER)
-                result.dead_lettered += 1
+                ):
+                    consumer.tally.count(event_type(entry.fields), DEAD_LETTER)
+                    result.dead_lettered += 1
             else:
                 retry.append(entry)
         if retry:
