@@ -22,7 +22,7 @@ from structlog.testing import capture_logs
 
 from agentstream import DeadLetter, Event, RedisStreamTransport
 from agentstream.app import App, Handler
-from redis_server import RedisServer, free_port
+from agentstream.testing import RedisServer, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RUN_EXAMPLE = REPO_ROOT / "scripts" / "run-example"

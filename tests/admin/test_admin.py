@@ -17,9 +17,10 @@ import redis
 
 from agentstream import RedisConnectionPool, RedisStreamTransport
 from agentstream.admin import run_admin
+from agentstream.testing import free_port
+from agentstream.testing.pytest_plugin import RedisServerFactory
 from agentstream.transport.admin_ops import AdminOps
 from agentstream.transport.worker_ops import WorkerOps
-from redis_server import RedisServerFactory, free_port
 
 pytestmark = pytest.mark.redis
 

@@ -44,7 +44,8 @@ from worker_harness import (
 
 from agentstream import RedisStreamTransport
 from agentstream.config import load_settings
-from redis_server import RedisServerFactory, free_port, wait_for
+from agentstream.testing import free_port, wait_for
+from agentstream.testing.pytest_plugin import RedisServerFactory
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 

@@ -36,7 +36,7 @@ from worker_harness import (
     xadd_events,
 )
 
-from redis_server import wait_for
+from agentstream.testing import wait_for
 
 __all__ = [
     "CLI",

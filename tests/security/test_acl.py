@@ -41,8 +41,8 @@ from security_harness import (
 )
 
 from agentstream.admin import run_admin
+from agentstream.testing import RedisServer
 from agentstream.worker.consumer import RETRY_CONSUMER
-from redis_server import RedisServer
 
 pytestmark = [pytest.mark.security, pytest.mark.redis]
 

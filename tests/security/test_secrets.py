@@ -32,7 +32,7 @@ from security_harness import (
     xadd_events,
 )
 
-from redis_server import RedisServer
+from agentstream.testing import RedisServer
 
 pytestmark = [pytest.mark.security, pytest.mark.redis]
 

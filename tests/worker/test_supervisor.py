@@ -11,12 +11,12 @@ import pytest
 import redis.asyncio as aioredis
 
 from agentstream import App, Event, RedisStreamTransport, Settings
+from agentstream.testing import await_for
 from agentstream.transport.pool import pool_from_settings
 from agentstream.transport.worker_ops import WorkerOps
 from agentstream.worker.consumer import RETRY_CONSUMER
 from agentstream.worker.reaper import Reaper
 from agentstream.worker.supervisor import Supervisor
-from redis_server import await_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
@@ -251,7 +251,9 @@ class TestReaperSweep:
         producer.close()
 
 
-async def _idle_at_least(t: RedisStreamTransport | WorkerOps, entry_id: str, ms: int) -> bool:
+async def _idle_at_least(
+    t: RedisStreamTransport | WorkerOps, entry_id: str, ms: int
+) -> bool:
     [entry] = await t.apending_range(1, start=entry_id, end=entry_id)
     return entry.idle_ms >= ms
 

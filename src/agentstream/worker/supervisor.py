@@ -21,6 +21,7 @@ from agentstream.errors import (
     StartupError,
     TransportError,
 )
+from agentstream.observe.counts import SweepResult
 from agentstream.observe.metrics import (
     CollectorRegistry,
     MetricsServer,
@@ -30,7 +31,7 @@ from agentstream.transport.worker_ops import WorkerOps
 from agentstream.worker.consumer import Consumer, describe_error
 from agentstream.worker.monitor import Monitor
 from agentstream.worker.names import NameLease, NamesExhausted
-from agentstream.worker.reaper import Reaper, SweepResult
+from agentstream.worker.reaper import Reaper
 from agentstream.worker.redis_state import RedisState
 
 __all__ = ["Supervisor"]

@@ -1,4 +1,4 @@
-"""Tests for the RedisServer test helper itself."""
+"""The testing kit's throwaway server, its executable setting and its waiting helpers."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import redis
 
-import redis_server as redis_server_module
-from redis_server import (
+import agentstream.testing.server as server_module
+from agentstream.testing import (
     RedisServer,
-    RedisServerFactory,
     await_for,
     free_port,
     wait_for,
 )
+from agentstream.testing.pytest_plugin import RedisServerFactory
 
 
 def _raw_ping(port: int) -> bytes:
@@ -109,9 +109,9 @@ class TestRedisServer:
     ) -> None:
         """When the picked port is taken before redis binds it, start() picks again."""
         ports = iter([taken_port])
-        real_free_port = redis_server_module.free_port
+        real_free_port = server_module.free_port
         monkeypatch.setattr(
-            redis_server_module,
+            server_module,
             "free_port",
             lambda: next(ports, None) or real_free_port(),
         )
