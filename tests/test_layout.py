@@ -41,10 +41,8 @@ REDIS_PACKAGES = {"redis", "hiredis"}
 
 
 def _modules() -> list[str]:
-    names = [PACKAGE]
-    for info in pkgutil.walk_packages([str(SRC)], prefix=f"{PACKAGE}."):
-        names.append(info.name)
-    return sorted(names)
+    found = pkgutil.walk_packages([str(SRC)], prefix=f"{PACKAGE}.")
+    return sorted([PACKAGE, *(info.name for info in found)])
 
 
 MODULES = _modules()

@@ -20,6 +20,9 @@ if _E2E_DIR not in sys.path:
 
 from worker_harness import (
     E2E,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_START,
     GROUP,
     Recorder,
     WorkerProcess,
@@ -41,6 +44,9 @@ from agentstream.testing import wait_for
 __all__ = [
     "CLI",
     "E2E",
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_START",
     "GROUP",
     "WORKER",
     "Recorder",

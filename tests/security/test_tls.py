@@ -18,6 +18,9 @@ import redis
 from security_harness import (
     CLI,
     E2E,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_START,
     WORKER,
     WorkerProcess,
     dead_letters,
@@ -36,10 +39,6 @@ from agentstream.testing import RedisServer, TlsFiles, TlsUnavailable
 from agentstream.transport.pool import pool_from_settings
 
 pytestmark = [pytest.mark.security, pytest.mark.redis]
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_START = 3
 
 #: Server certificate kinds: "good", "expired", "wrong_host".
 Servers = Callable[[str], RedisServer]
