@@ -279,3 +279,12 @@ def test_run_example_starts_and_stops_its_own_redis(redis_server_bin: str) -> No
     assert started is not None, output
     with pytest.raises(ProcessLookupError):  # stopped by the script's trap
         os.kill(int(started.group(1)), 0)
+
+
+def test_readme_testing_example_is_the_one_the_suite_runs() -> None:
+    """README "Testing your handlers" shows examples/test_agent_app.py as it is."""
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Testing your handlers", 1)[1]
+    shown = section.split("```python\n", 1)[1].split("```\n", 1)[0]
+    example = REPO_ROOT / "examples" / "test_agent_app.py"
+    assert shown == example.read_text(encoding="utf-8")
