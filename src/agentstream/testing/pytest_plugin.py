@@ -58,7 +58,7 @@ class RedisServerFactory(Protocol):
     ) -> RedisServer: ...
 
 
-def pytest_report_header(config: pytest.Config) -> str:
+def pytest_report_header() -> str:
     try:
         return f"redis-server: {server_version(server_executable())}"
     except ServerNotFound as exc:
