@@ -129,11 +129,16 @@ class TestOutcomes:
         async def anything(event: Event) -> None: ...
 
         async with run_worker(app, redis_url, streams=[stream_name]) as worker:
-            entry_id = await worker.publish_raw({"data": "{}"})
+            no_type = await worker.publish_raw({"data": "{}"})
+            not_utf8 = await worker.publish_raw({"type": "t", "data": b"\xff\xfe"})
             await worker.drained()
-            outcome = await worker.outcome(entry_id)
+            outcomes = [await worker.outcome(i) for i in (no_type, not_utf8)]
 
-        assert (outcome.dead_letter_reason, outcome.calls) == ("malformed", ())
+        assert [(o.dead_letter_reason, o.calls) for o in outcomes] == [
+            ("malformed", ()),
+            ("malformed", ()),
+        ]
+        assert "UTF-8" in (outcomes[1].dead_letter_error or "")
 
     async def test_streams_default_to_those_the_handlers_name(
         self, redis_url: str, stream_name: str

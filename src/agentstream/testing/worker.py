@@ -211,6 +211,7 @@ class RunningWorker:
         self.calls: list[HandlerCall] = []
         self._pool = pool
         self._client: aioredis.Redis = pool.get_async_client()
+        self._raw_client: aioredis.Redis = pool.get_raw_async_client()
         self._publishers: dict[str, RedisStreamTransport] = {}
         #: Whether the worker stopped (the block ended, or it crashed).
         self.stopped = False
@@ -288,12 +289,13 @@ class RunningWorker:
     async def _left(self, sub: SubscriptionSettings) -> str:
         """What of ``sub`` is not done, in words; "" when drained."""
         try:
-            stream_info: Any = await self._client.xinfo_stream(sub.stream)
+            # Raw: the reply holds the first and last entries, maybe not UTF-8.
+            stream_info: Any = await self._raw_client.xinfo_stream(sub.stream)
             groups: Any = await self._client.xinfo_groups(sub.stream)
         except redis.exceptions.ResponseError:  # no stream: nothing published
             return ""
         group = next((g for g in groups if g["name"] == sub.group), None)
-        last_id = stream_info["last-generated-id"]
+        last_id = stream_info["last-generated-id"].decode()  # keys are decoded
         if group is None:
             return f"{sub.stream}: group {sub.group!r} not created yet"
         unread = _id_key(group["last-delivered-id"]) < _id_key(last_id)
@@ -312,8 +314,14 @@ class RunningWorker:
         sub = self._subscription(stream)
         calls = tuple(self.calls_of(entry_id))
         client = self._client
-        dead: Any = await client.xrange(sub.dead_letter_key)
-        for _, fields in dead:
+        # Raw bytes: a dead letter keeps the original fields, which may not be UTF-8.
+        dead: Any = await self._raw_client.xrange(sub.dead_letter_key)
+        for _, raw_fields in dead:
+            fields = {
+                k.decode(errors="replace"): v.decode(errors="replace")
+                for k, v in raw_fields.items()
+                if k.startswith(b"dlq_")
+            }
             if (
                 fields.get("dlq_id") == entry_id
                 and fields.get("dlq_stream") == sub.stream
