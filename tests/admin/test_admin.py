@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anyio
@@ -17,9 +18,10 @@ import redis
 
 from agentstream import RedisConnectionPool, RedisStreamTransport
 from agentstream.admin import run_admin
+from agentstream.testing import free_port
+from agentstream.testing.pytest_plugin import RedisServerFactory
 from agentstream.transport.admin_ops import AdminOps
 from agentstream.transport.worker_ops import WorkerOps
-from redis_server import RedisServerFactory, free_port
 
 pytestmark = pytest.mark.redis
 
@@ -61,6 +63,16 @@ def admin(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str
     status = run_admin(list(argv))
     captured = capsys.readouterr()
     return status, captured.out, captured.err
+
+
+#: ``cli("dlq", "list")`` runs ``agentstream --config <config> dlq list``
+#: in-process and returns (status, stdout, stderr).
+Cli = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture(name="cli")
+def _cli(capsys: pytest.CaptureFixture[str], config: Path) -> Cli:
+    return functools.partial(admin, capsys, "--config", str(config))
 
 
 def dead_letter(
@@ -122,15 +134,9 @@ def _busy(transport: RedisStreamTransport, redis_url: str) -> dict[str, str]:
 
 
 class TestStats:
-    def test_table(
-        self,
-        capsys: pytest.CaptureFixture[str],
-        config: Path,
-        busy: dict[str, str],
-        stream_name: str,
-    ) -> None:
+    def test_table(self, cli: Cli, busy: dict[str, str], stream_name: str) -> None:
         """The table shows length, lag, pending, oldest age, dead letters, owners."""
-        status, out, err = admin(capsys, "--config", str(config), "stats")
+        status, out, err = cli("stats")
         assert (status, err) == (0, "")
         cells = row(out, stream_name, "agents")
         assert cells[2:6] == ["ok", "3", "1", "1"]
@@ -203,8 +209,7 @@ class TestStats:
 
     def test_unknown_lag(
         self,
-        capsys: pytest.CaptureFixture[str],
-        config: Path,
+        cli: Cli,
         transport: RedisStreamTransport,
         raw: redis.Redis,
         stream_name: str,
@@ -216,10 +221,10 @@ class TestStats:
             ids = pipe.execute()
         transport.read_group("worker-1", count=150)
         raw.xdel(stream_name, ids[200])
-        status, out, _ = admin(capsys, "--config", str(config), "stats")
+        status, out, _ = cli("stats")
         assert status == 0
         assert row(out, stream_name, "agents")[2:6] == ["ok", "299", "unknown", "150"]
-        _, out, _ = admin(capsys, "--config", str(config), "stats", "--json")
+        _, out, _ = cli("stats", "--json")
         assert json.loads(out)["subscriptions"][0]["lag"] is None
 
     def test_missing_stream_and_group(
@@ -280,14 +285,10 @@ def _dead(transport: RedisStreamTransport, redis_url: str) -> list[str]:
 
 class TestDlqListShow:
     def test_list(
-        self,
-        capsys: pytest.CaptureFixture[str],
-        config: Path,
-        dead: list[str],
-        transport: RedisStreamTransport,
+        self, cli: Cli, dead: list[str], transport: RedisStreamTransport
     ) -> None:
         """Each dead letter is one line: ids, type, reason, deliveries, error."""
-        status, out, err = admin(capsys, "--config", str(config), "dlq", "list")
+        status, out, err = cli("dlq", "list")
         assert (status, err) == (0, "")
         lines = out.splitlines()
         assert lines[0].split() == [
@@ -300,19 +301,11 @@ class TestDlqListShow:
         ]  # fmt: skip
         assert "Traceback" not in out
 
-    def test_filters(
-        self,
-        capsys: pytest.CaptureFixture[str],
-        config: Path,
-        dead: list[str],
-        stream_name: str,
-    ) -> None:
+    def test_filters(self, cli: Cli, dead: list[str], stream_name: str) -> None:
         """--type, --reason, --from, --to and --count select dead letters."""
 
         def listed(*filters: str) -> list[str]:
-            status, out, _ = admin(
-                capsys, "--config", str(config), "dlq", "list", stream_name, *filters
-            )
+            status, out, _ = cli("dlq", "list", stream_name, *filters)
             assert status == 0
             return [line.split()[0] for line in out.splitlines()[1:]]
 
@@ -322,18 +315,12 @@ class TestDlqListShow:
         assert listed("--from", dead[1]) == [dead[1], dead[2]]
         assert listed("--to", dead[1]) == [dead[0], dead[1]]
         assert listed("--count", "1") == [dead[0]]
-        status, out, _ = admin(
-            capsys, "--config", str(config), "dlq", "list", "--type", "nothing"
-        )
+        status, out, _ = cli("dlq", "list", "--type", "nothing")
         assert (status, out) == (0, f"no dead letters match in {stream_name}:dlq\n")
 
-    def test_count_tells_about_more(
-        self, capsys: pytest.CaptureFixture[str], config: Path, dead: list[str]
-    ) -> None:
+    def test_count_tells_about_more(self, cli: Cli, dead: list[str]) -> None:
         """When --count hides entries, stderr says where the rest starts."""
-        status, _, err = admin(
-            capsys, "--config", str(config), "dlq", "list", "--count", "2"
-        )
+        status, _, err = cli("dlq", "list", "--count", "2")
         assert status == 0
         assert f"--from {dead[2]}" in err
 
@@ -358,15 +345,9 @@ class TestDlqListShow:
         assert status == 0
         assert row(out, dlq_id)[1] == entry
 
-    def test_show(
-        self,
-        capsys: pytest.CaptureFixture[str],
-        config: Path,
-        dead: list[str],
-        stream_name: str,
-    ) -> None:
+    def test_show(self, cli: Cli, dead: list[str], stream_name: str) -> None:
         """Show prints every field, the whole error on indented lines."""
-        status, out, _ = admin(capsys, "--config", str(config), "dlq", "show", dead[0])
+        status, out, _ = cli("dlq", "show", dead[0])
         assert status == 0
         lines = out.splitlines()
         assert lines[0] == f"dead letter {dead[0]} in {stream_name}:dlq"
@@ -382,31 +363,23 @@ class TestDlqListShow:
         assert row(out, "dlq_stream") == ["dlq_stream", stream_name]
         assert row(out, "data") == ["data", '{"token":', '"a"}']
 
-    def test_show_unknown_id(
-        self, capsys: pytest.CaptureFixture[str], config: Path, stream_name: str
-    ) -> None:
+    def test_show_unknown_id(self, cli: Cli, stream_name: str) -> None:
         """An unknown id is one line on stderr and status 1."""
-        status, out, err = admin(capsys, "--config", str(config), "dlq", "show", "1-0")
+        status, out, err = cli("dlq", "show", "1-0")
         assert (status, out) == (1, "")
         assert err == f"agentstream: no dead letter 1-0 in {stream_name}:dlq\n"
 
-    def test_non_utf8(
-        self,
-        capsys: pytest.CaptureFixture[str],
-        config: Path,
-        raw: redis.Redis,
-        stream_name: str,
-    ) -> None:
+    def test_non_utf8(self, cli: Cli, raw: redis.Redis, stream_name: str) -> None:
         """Bytes that are not UTF-8 are shown replaced, not a crash."""
         dlq_id = xadd(
             raw,
             f"{stream_name}:dlq",
             {"type": b"bad\xff", "data": b"\xfe", "dlq_reason": "data is not UTF-8"},
         )
-        status, out, _ = admin(capsys, "--config", str(config), "dlq", "list")
+        status, out, _ = cli("dlq", "list")
         assert status == 0
         assert row(out, dlq_id)[2] == "bad\ufffd"
-        status, out, _ = admin(capsys, "--config", str(config), "dlq", "show", dlq_id)
+        status, out, _ = cli("dlq", "show", dlq_id)
         assert status == 0
         assert row(out, "data") == ["data", "\ufffd"]
 
@@ -417,19 +390,12 @@ def _entries(raw: redis.Redis, key: str) -> list[tuple[bytes, dict[bytes, bytes]
 
 class TestDlqReplay:
     def test_replay_ids(
-        self,
-        capsys: pytest.CaptureFixture[str],
-        config: Path,
-        dead: list[str],
-        raw: redis.Redis,
-        stream_name: str,
+        self, cli: Cli, dead: list[str], raw: redis.Redis, stream_name: str
     ) -> None:
         """The original fields go back on the original stream; the DLQ loses them."""
         dlq = f"{stream_name}:dlq"
         before = dict(_entries(raw, dlq))
-        status, out, err = admin(
-            capsys, "--config", str(config), "dlq", "replay", dead[1], dead[0]
-        )
+        status, out, err = cli("dlq", "replay", dead[1], dead[0])
         assert (status, err) == (0, "")
         lines = out.splitlines()
         assert lines[-1] == f"replayed 2 dead letters from {dlq}"
@@ -451,18 +417,10 @@ class TestDlqReplay:
         assert [i.decode() for i, _ in _entries(raw, dlq)] == [dead[2]]
 
     def test_replay_all_with_filter(
-        self,
-        capsys: pytest.CaptureFixture[str],
-        config: Path,
-        dead: list[str],
-        raw: redis.Redis,
-        stream_name: str,
+        self, cli: Cli, dead: list[str], raw: redis.Redis, stream_name: str
     ) -> None:
         """--all replays every dead letter that matches the filters."""
-        status, out, _ = admin(
-            capsys,
-            "--config",
-            str(config),
+        status, out, _ = cli(
             "dlq",
             "replay",
             "--all",
@@ -476,24 +434,17 @@ class TestDlqReplay:
         assert raw.xlen(stream_name) == 5
 
     def test_replay_all_skips_what_cannot_go_back(
-        self,
-        capsys: pytest.CaptureFixture[str],
-        config: Path,
-        dead: list[str],
-        raw: redis.Redis,
-        stream_name: str,
+        self, cli: Cli, dead: list[str], raw: redis.Redis, stream_name: str
     ) -> None:
         """A dead letter that kept no event fields stays; the others go, status 1."""
         dlq = f"{stream_name}:dlq"
         empty = xadd(raw, dlq, {"dlq_stream": stream_name, "dlq_reason": "lost"})
-        status, out, err = admin(
-            capsys, "--config", str(config), "dlq", "replay", "--all"
-        )
+        status, out, err = cli("dlq", "replay", "--all")
         assert status == 1
         assert out.splitlines()[-1] == f"replayed 3 dead letters from {dlq}"
         assert err == f"agentstream: not replayed: {empty} kept no event fields\n"
         assert [i.decode() for i, _ in _entries(raw, dlq)] == [empty]
-        status, _, err = admin(capsys, "--config", str(config), "dlq", "replay", empty)
+        status, _, err = cli("dlq", "replay", empty)
         assert status == 1
         assert err == (
             f"agentstream: cannot replay: {empty} kept no event fields; "
@@ -501,17 +452,10 @@ class TestDlqReplay:
         )
 
     def test_replay_unknown_id(
-        self,
-        capsys: pytest.CaptureFixture[str],
-        config: Path,
-        dead: list[str],
-        raw: redis.Redis,
-        stream_name: str,
+        self, cli: Cli, dead: list[str], raw: redis.Redis, stream_name: str
     ) -> None:
         """One unknown id fails the command before anything is replayed."""
-        status, _, err = admin(
-            capsys, "--config", str(config), "dlq", "replay", dead[0], "1-0"
-        )
+        status, _, err = cli("dlq", "replay", dead[0], "1-0")
         assert status == 1
         assert err == f"agentstream: no dead letter 1-0 in {stream_name}:dlq\n"
         assert raw.xlen(f"{stream_name}:dlq") == 3
@@ -521,13 +465,9 @@ class TestDlqReplay:
         "argv",
         [[], ["--all", "1-0"], ["1-0", "--type", "token"], ["not-an-id"]],
     )
-    def test_replay_usage(
-        self, capsys: pytest.CaptureFixture[str], config: Path, argv: list[str]
-    ) -> None:
+    def test_replay_usage(self, cli: Cli, argv: list[str]) -> None:
         """IDs or --all, one of the two, and filters with --all only."""
-        status, out, err = admin(
-            capsys, "--config", str(config), "dlq", "replay", *argv
-        )
+        status, out, err = cli("dlq", "replay", *argv)
         assert (status, out) == (2, "")
         assert err.startswith("usage: agentstream dlq replay")
 
@@ -542,32 +482,25 @@ class _Terminal(io.StringIO):
 class TestDlqPurge:
     def test_purge_yes(
         self,
-        capsys: pytest.CaptureFixture[str],
-        config: Path,
+        cli: Cli,
         dead: list[str],
         raw: redis.Redis,
         stream_name: str,
     ) -> None:
         """--yes deletes the matching dead letters without asking."""
         dlq = f"{stream_name}:dlq"
-        argv = ["--config", str(config), "dlq", "purge", "--yes", "--type", "token"]
-        status, out, _ = admin(capsys, *argv)
+        status, out, _ = cli("dlq", "purge", "--yes", "--type", "token")
         assert (status, out) == (0, f"deleted 2 dead letters from {dlq}\n")
         assert [i.decode() for i, _ in _entries(raw, dlq)] == [dead[1]]
-        status, out, _ = admin(capsys, "--config", str(config), "dlq", "purge", "--yes")
+        status, out, _ = cli("dlq", "purge", "--yes")
         assert (status, out) == (0, f"deleted 1 dead letter from {dlq}\n")
         assert raw.xlen(dlq) == 0
 
     def test_refuses_without_yes_off_a_terminal(
-        self,
-        capsys: pytest.CaptureFixture[str],
-        config: Path,
-        dead: list[str],
-        raw: redis.Redis,
-        stream_name: str,
+        self, cli: Cli, dead: list[str], raw: redis.Redis, stream_name: str
     ) -> None:
         """Without --yes and no terminal to ask on, nothing is deleted: status 2."""
-        status, out, err = admin(capsys, "--config", str(config), "dlq", "purge")
+        status, out, err = cli("dlq", "purge")
         assert (status, out) == (2, "")
         assert "--yes" in err
         assert len(err.splitlines()) == 1
@@ -578,9 +511,8 @@ class TestDlqPurge:
     )
     def test_asks_on_a_terminal(
         self,
-        capsys: pytest.CaptureFixture[str],
+        cli: Cli,
         monkeypatch: pytest.MonkeyPatch,
-        config: Path,
         dead: list[str],
         raw: redis.Redis,
         stream_name: str,
@@ -591,9 +523,7 @@ class TestDlqPurge:
         """On a terminal it asks first; only "y" deletes."""
         monkeypatch.setattr(sys, "stdin", _Terminal(answer))
         dlq = f"{stream_name}:dlq"
-        got, _, err = admin(
-            capsys, "--config", str(config), "dlq", "purge", "--reason", "timeout"
-        )
+        got, _, err = cli("dlq", "purge", "--reason", "timeout")
         assert got == status
         assert err.startswith(f"Delete 2 dead letters from {dlq}? [y/N] ")
         assert raw.xlen(dlq) == left
@@ -602,21 +532,15 @@ class TestDlqPurge:
 class TestPublishTail:
     def test_publish_then_tail(
         self,
-        capsys: pytest.CaptureFixture[str],
-        config: Path,
+        cli: Cli,
         raw: redis.Redis,
         stream_name: str,
     ) -> None:
         """Publish prints the id; tail --from 0 --count N prints N event lines."""
-        base = ["--config", str(config)]
-        status, out, _ = admin(
-            capsys, *base, "publish", stream_name, "token", '{"t": 1}'
-        )
+        status, out, _ = cli("publish", stream_name, "token", '{"t": 1}')
         assert status == 0
         first = out.strip()
-        status, out, _ = admin(
-            capsys,
-            *base,
+        status, out, _ = cli(
             "publish",
             stream_name,
             "done",
@@ -626,9 +550,7 @@ class TestPublishTail:
         )
         second = out.strip()
         assert [i.decode() for i, _ in _entries(raw, stream_name)] == [first, second]
-        status, out, err = admin(
-            capsys, *base, "tail", stream_name, "--from", "0", "--count", "2"
-        )
+        status, out, err = cli("tail", stream_name, "--from", "0", "--count", "2")
         assert status == 0
         assert out.splitlines() == [
             f'{first} token {{"t": 1}}',
@@ -687,17 +609,10 @@ class TestPublishTail:
             tail.wait()
         assert (tail.returncode, out, err) == (0, "", "")
 
-    def test_tail_non_utf8(
-        self,
-        capsys: pytest.CaptureFixture[str],
-        config: Path,
-        raw: redis.Redis,
-        stream_name: str,
-    ) -> None:
+    def test_tail_non_utf8(self, cli: Cli, raw: redis.Redis, stream_name: str) -> None:
         """An entry that is not UTF-8 is printed with replacement characters."""
         entry = xadd(raw, stream_name, {"type": "token", "data": b'{"t": "\xff"}'})
-        status, out, _ = admin(
-            capsys, "--config", str(config), "tail", stream_name, "--from", "0",
+        status, out, _ = cli("tail", stream_name, "--from", "0",
             "--count", "1",
         )  # fmt: skip
         assert status == 0
@@ -716,8 +631,7 @@ class TestErrors:
     )
     def test_bad_json(
         self,
-        capsys: pytest.CaptureFixture[str],
-        config: Path,
+        cli: Cli,
         stream_name: str,
         raw: redis.Redis,
         data: str,
@@ -726,9 +640,7 @@ class TestErrors:
     ) -> None:
         """Bad JSON is one line on stderr and status 2; nothing is published."""
         extra = [] if metadata is None else ["--metadata", metadata]
-        status, out, err = admin(
-            capsys, "--config", str(config), "publish", stream_name, "t", data, *extra
-        )
+        status, out, err = cli("publish", stream_name, "t", data, *extra)
         assert (status, out) == (2, "")
         assert err.startswith(f"agentstream: {message}")
         assert len(err.splitlines()) == 1

@@ -39,7 +39,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry as RedisRetry
 
-from redis_server import HOST, wait_for
+from agentstream.testing import HOST, wait_for
 
 # tests/e2e is on sys.path only when pytest collected a test there: running
 # tests/chaos alone needs it too, for worker_harness.

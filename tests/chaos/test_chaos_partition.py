@@ -34,7 +34,7 @@ from chaos_harness import (
     sized,
 )
 
-from redis_server import RedisServer, free_port
+from agentstream.testing import RedisServer, free_port
 
 pytestmark = [pytest.mark.chaos, pytest.mark.e2e, pytest.mark.redis]
 

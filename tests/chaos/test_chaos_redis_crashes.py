@@ -28,7 +28,7 @@ from chaos_harness import (
     sized,
 )
 
-from redis_server import RedisServerFactory
+from agentstream.testing.pytest_plugin import RedisServerFactory
 
 pytestmark = [pytest.mark.chaos, pytest.mark.e2e, pytest.mark.redis]
 

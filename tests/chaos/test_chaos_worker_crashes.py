@@ -31,7 +31,7 @@ from chaos_harness import (
     sized,
 )
 
-from redis_server import RedisServer
+from agentstream.testing import RedisServer
 
 pytestmark = [pytest.mark.chaos, pytest.mark.e2e, pytest.mark.redis]
 

@@ -21,7 +21,7 @@ from worker_harness import (
     xadd_events,
 )
 
-from redis_server import free_port, wait_for
+from agentstream.testing import free_port, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 

@@ -17,7 +17,7 @@ from worker_harness import (
     write_config,
 )
 
-from redis_server import wait_for
+from agentstream.testing import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 

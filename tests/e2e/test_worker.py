@@ -26,6 +26,10 @@ from worker_harness import (
     APP_MODULE,
     CONSUMER_RE,
     E2E,
+    EXIT_CONFIG,
+    EXIT_OK,
+    EXIT_START,
+    EXIT_USAGE,
     GROUP,
     NAME_PREFIX,
     REAPER_RE,
@@ -44,15 +48,10 @@ from worker_harness import (
 
 from agentstream import RedisStreamTransport
 from agentstream.config import load_settings
-from redis_server import RedisServerFactory, free_port, wait_for
+from agentstream.testing import free_port, wait_for
+from agentstream.testing.pytest_plugin import RedisServerFactory
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
-
-#: Exit statuses of the worker (sysexits' EX_CONFIG for configuration errors).
-EXIT_OK = 0
-EXIT_USAGE = 2
-EXIT_START = 3
-EXIT_CONFIG = 78
 
 SECRET = "e2e-S3cret-pa55-7f3a9"
 

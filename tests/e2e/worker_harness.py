@@ -40,6 +40,11 @@ __all__ = [
     "APP_SOURCE",
     "CONSUMER_RE",
     "E2E",
+    "EXIT_CONFIG",
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_START",
+    "EXIT_USAGE",
     "GROUP",
     "NAME_PREFIX",
     "REAPER_RE",
@@ -62,6 +67,14 @@ __all__ = [
     "write_config",
     "xadd_events",
 ]
+
+#: The exit statuses the README documents, written out rather than imported
+#: from ``agentstream.exit_codes``, so that a changed number fails a test.
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_START = 3
+EXIT_CONFIG = 78
 
 #: The module the test app is written to, in the worker's working directory.
 APP_MODULE = "e2e_app"

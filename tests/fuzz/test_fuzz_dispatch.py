@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agentstream.event import Event, decode_event
-from redis_server import RedisServer, wait_for
+from agentstream.testing import RedisServer, wait_for
 
 _E2E_DIR = str(Path(__file__).resolve().parent.parent / "e2e")
 if _E2E_DIR not in sys.path:

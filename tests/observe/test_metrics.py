@@ -34,11 +34,12 @@ from agentstream.observe.metrics import (
     Metrics,
     start_server,
 )
+from agentstream.testing import await_for
+from agentstream.testing.pytest_plugin import RedisServerFactory
 from agentstream.transport.pool import pool_from_settings
 from agentstream.transport.worker_ops import WorkerOps
 from agentstream.worker.group_stats import collect_group_stats
 from agentstream.worker.supervisor import Supervisor
-from redis_server import RedisServerFactory, await_for
 
 N_EVENTS = 20
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$")

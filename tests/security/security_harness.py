@@ -20,6 +20,9 @@ if _E2E_DIR not in sys.path:
 
 from worker_harness import (
     E2E,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_START,
     GROUP,
     Recorder,
     WorkerProcess,
@@ -36,11 +39,14 @@ from worker_harness import (
     xadd_events,
 )
 
-from redis_server import wait_for
+from agentstream.testing import wait_for
 
 __all__ = [
     "CLI",
     "E2E",
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_START",
     "GROUP",
     "WORKER",
     "Recorder",

@@ -27,6 +27,9 @@ from acl_rules import (
 from security_harness import (
     CLI,
     E2E,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_START,
     GROUP,
     WORKER,
     dead_letters,
@@ -41,14 +44,10 @@ from security_harness import (
 )
 
 from agentstream.admin import run_admin
+from agentstream.testing import RedisServer
 from agentstream.worker.consumer import RETRY_CONSUMER
-from redis_server import RedisServer
 
 pytestmark = [pytest.mark.security, pytest.mark.redis]
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_START = 3
 
 ADMIN_PASSWORD = "acl-admin-Pw-5b1e"
 WORKER_PASSWORD = "acl-worker-Pw-97c2"
@@ -62,16 +61,17 @@ def _server(
     tmp_path_factory: pytest.TempPathFactory, redis_server_bin: str
 ) -> Iterator[RedisServer]:
     """A redis-server whose default user needs a password, with the two users."""
-    server = RedisServer(tmp_path_factory.mktemp("acl-redis"), password=ADMIN_PASSWORD)
-    server.start()
-    admin = redis.Redis.from_url(server.url)
-    try:
+    with (
+        RedisServer(
+            tmp_path_factory.mktemp("acl-redis"),
+            password=ADMIN_PASSWORD,
+            executable=redis_server_bin,
+        ) as server,
+        redis.Redis.from_url(server.url) as admin,
+    ):
         _acl(admin, "SETUSER", WORKER_USER, *WORKER_RULES, f">{WORKER_PASSWORD}")
         _acl(admin, "SETUSER", READONLY_USER, *READONLY_RULES, f">{READONLY_PASSWORD}")
         yield server
-    finally:
-        admin.close()
-        server.stop()
 
 
 @pytest.fixture(name="admin")
@@ -162,13 +162,24 @@ def _e2e_factory(
             e2e.close()
 
 
-def _restricted_user(admin: redis.Redis, without: str) -> str:
-    """A worker user with every rule of WORKER_RULES but ``without``."""
-    assert without in WORKER_RULES
-    name = f"worker-without-{without.strip('+').replace('|', '-')}-{next(_users)}"
-    rules = [rule for rule in WORKER_RULES if rule != without]
-    _acl(admin, "SETUSER", name, *rules, f">{WORKER_PASSWORD}")
-    return name
+#: ``restricted("+xclaim")``: a worker user with every rule of WORKER_RULES but
+#: that one, and the e2e run and config logging in as it: (e2e, config, user).
+Restricted = Callable[[str], tuple[E2E, Path, str]]
+
+
+@pytest.fixture(name="restricted")
+def _restricted(
+    admin: redis.Redis, server: RedisServer, e2e_factory: Callable[[], E2E]
+) -> Restricted:
+    def make(without: str) -> tuple[E2E, Path, str]:
+        assert without in WORKER_RULES
+        user = f"worker-without-{without.strip('+').replace('|', '-')}-{next(_users)}"
+        rules = [rule for rule in WORKER_RULES if rule != without]
+        _acl(admin, "SETUSER", user, *rules, f">{WORKER_PASSWORD}")
+        e2e = e2e_factory()
+        return e2e, _user_config(e2e, server, user, WORKER_PASSWORD, {}), user
+
+    return make
 
 
 class TestWorkerUser:
@@ -258,15 +269,10 @@ class TestWorkerUser:
         assert _denials(admin, WORKER_USER) == []
 
     def test_missing_startup_permission_exits_3_with_one_line(
-        self,
-        admin: redis.Redis,
-        server: RedisServer,
-        e2e_factory: Callable[[], E2E],
+        self, restricted: Restricted
     ) -> None:
         """A worker user without XGROUP CREATE cannot start: exit 3, one line naming the command."""
-        user = _restricted_user(admin, "+xgroup|create")
-        e2e = e2e_factory()
-        config = _user_config(e2e, server, user, WORKER_PASSWORD, {})
+        e2e, config, _ = restricted("+xgroup|create")
         status, worker = e2e.run(["--config", str(config)], timeout=30)
         assert status == EXIT_START, worker.tail()
         lines = [line for line in worker.stderr().splitlines() if line.strip()]
@@ -278,13 +284,10 @@ class TestWorkerUser:
     def test_missing_run_time_permission_is_logged_and_loses_nothing(
         self,
         admin: redis.Redis,
-        server: RedisServer,
-        e2e_factory: Callable[[], E2E],
+        restricted: Restricted,
     ) -> None:
         """A worker user without XCLAIM keeps running, logs one error line about xclaim, and the failed event stays pending."""
-        user = _restricted_user(admin, "+xclaim")
-        e2e = e2e_factory()
-        config = _user_config(e2e, server, user, WORKER_PASSWORD, {})
+        e2e, config, user = restricted("+xclaim")
         worker = e2e.start(config)
         worker.wait_for_log("worker_started", 20)
         xadd_events(e2e.client, e2e.stream, "fail", [{"n": "f1"}])
@@ -313,16 +316,12 @@ class TestWorkerUser:
     @pytest.mark.parametrize("without", ["+xclaim", "+xreadgroup"])
     def test_run_time_permission_error_names_the_command(
         self,
-        admin: redis.Redis,
-        server: RedisServer,
-        e2e_factory: Callable[[], E2E],
+        restricted: Restricted,
         without: str,
     ) -> None:
         """A permission refused at run time is logged as PermissionDenied naming the command, not as Redis being unavailable."""
-        user = _restricted_user(admin, without)
+        e2e, config, _ = restricted(without)
         command = without.removeprefix("+")
-        e2e = e2e_factory()
-        config = _user_config(e2e, server, user, WORKER_PASSWORD, {})
         worker = e2e.start(config)
         worker.wait_for_log("worker_started", 20)
         xadd_events(e2e.client, e2e.stream, "fail", [{"n": "f1"}])
@@ -342,16 +341,10 @@ class TestWorkerUser:
 
     @pytest.mark.parametrize("without", ["+evalsha", "+set"])
     def test_missing_lease_permission_exits_3_with_one_line(
-        self,
-        admin: redis.Redis,
-        server: RedisServer,
-        e2e_factory: Callable[[], E2E],
-        without: str,
+        self, restricted: Restricted, without: str
     ) -> None:
         """A worker user that cannot run the name-lease script cannot start: exit 3, one line, no traceback."""
-        user = _restricted_user(admin, without)
-        e2e = e2e_factory()
-        config = _user_config(e2e, server, user, WORKER_PASSWORD, {})
+        e2e, config, _ = restricted(without)
         status, worker = e2e.run(["--config", str(config)], timeout=30)
         assert "Traceback" not in worker.stdout() + worker.stderr()
         assert not [r for r in worker.logs() if "exception" in r], worker.tail()
@@ -382,6 +375,26 @@ def _busy(admin: redis.Redis, stream: str) -> dict[str, str]:
     return {"dlq": dlq_id.decode() if isinstance(dlq_id, bytes) else str(dlq_id)}
 
 
+@pytest.fixture(name="readonly_config")
+def _readonly_config(tmp_path: Path, server: RedisServer, stream: str) -> Path:
+    """A CLI config logging in as the read-only user."""
+    return _cli_config(tmp_path / "ro.toml", server, stream, READONLY_USER)
+
+
+@pytest.fixture(name="readonly_cli")
+def _readonly_cli(
+    readonly_config: Path, capsys: pytest.CaptureFixture[str]
+) -> Callable[..., tuple[int, str, str]]:
+    """``readonly_cli("stats")``: the CLI in-process as the read-only user."""
+
+    def run_cli(*argv: str) -> tuple[int, str, str]:
+        status = run_admin(["--config", str(readonly_config), *argv])
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    return run_cli
+
+
 class TestReadOnlyUser:
     @pytest.mark.parametrize(
         "argv",
@@ -397,29 +410,24 @@ class TestReadOnlyUser:
     def test_reading_commands_work(
         self,
         admin: redis.Redis,
-        server: RedisServer,
+        readonly_cli: Callable[..., tuple[int, str, str]],
         stream: str,
         busy: dict[str, str],
-        tmp_path: Path,
-        capsys: pytest.CaptureFixture[str],
         argv: list[str],
     ) -> None:
         """The read-only user runs stats, dlq list/show and tail with no refusal in ACL LOG."""
-        config = _cli_config(tmp_path / "ro.toml", server, stream, READONLY_USER)
         args = [a.format(dlq=busy["dlq"], stream=stream) for a in argv]
-        status = run_admin(["--config", str(config), *args])
-        out, err = capsys.readouterr()
+        status, out, err = readonly_cli(*args)
         assert status == EXIT_OK, err
         assert "following" in err if argv[0] == "tail" else err == ""
         assert stream in out or busy["dlq"] in out or '"token"' in out, out
         assert _denials(admin, READONLY_USER) == []
 
     def test_purge_is_refused_in_one_line(
-        self, server: RedisServer, stream: str, busy: dict[str, str], tmp_path: Path
+        self, readonly_config: Path, busy: dict[str, str], tmp_path: Path
     ) -> None:
         """`agentstream dlq purge --yes` as the read-only user exits 1 with one line naming XDEL."""
-        config = _cli_config(tmp_path / "ro.toml", server, stream, READONLY_USER)
-        argv = [CLI, "--config", str(config), "dlq", "purge", "--yes"]
+        argv = [CLI, "--config", str(readonly_config), "dlq", "purge", "--yes"]
         proc = run(argv, cwd=tmp_path, env={})
         assert proc.returncode == EXIT_FAILED, proc.stderr
         line = one_error_line(proc)
@@ -439,20 +447,15 @@ class TestReadOnlyUser:
     def test_writes_are_refused_in_one_line(
         self,
         admin: redis.Redis,
-        server: RedisServer,
+        readonly_cli: Callable[..., tuple[int, str, str]],
         stream: str,
         busy: dict[str, str],
-        tmp_path: Path,
-        capsys: pytest.CaptureFixture[str],
         argv: list[str],
         command: str,
     ) -> None:
         """Writing commands as the read-only user exit 1 with one line naming the refused command; nothing changes."""
-        config = _cli_config(tmp_path / "ro.toml", server, stream, READONLY_USER)
         before = (admin.xlen(stream), admin.xlen(f"{stream}:dlq"))
-        args = [a.format(stream=stream) for a in argv]
-        status = run_admin(["--config", str(config), *args])
-        out, err = capsys.readouterr()
+        status, out, err = readonly_cli(*[a.format(stream=stream) for a in argv])
         assert status == EXIT_FAILED, err
         assert out == ""
         lines = err.splitlines()

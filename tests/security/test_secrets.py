@@ -21,6 +21,9 @@ import pytest
 from security_harness import (
     CLI,
     E2E,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_START,
     WORKER,
     dead_letters,
     one_error_line,
@@ -32,13 +35,9 @@ from security_harness import (
     xadd_events,
 )
 
-from redis_server import RedisServer
+from agentstream.testing import RedisServer
 
 pytestmark = [pytest.mark.security, pytest.mark.redis]
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_START = 3
 
 #: A fragment no output may hold; the whole password has URL-special characters.
 NEEDLE = "Zk9S3cr3tQ"
@@ -94,12 +93,12 @@ def _assert_clean(what: str, text: str, *needles: str) -> None:
 def _server(
     tmp_path_factory: pytest.TempPathFactory, redis_server_bin: str
 ) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("secret-redis"), password=PASSWORD)
-    server.start()
-    try:
+    with RedisServer(
+        tmp_path_factory.mktemp("secret-redis"),
+        password=PASSWORD,
+        executable=redis_server_bin,
+    ) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(name="e2e")

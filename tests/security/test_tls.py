@@ -18,6 +18,9 @@ import redis
 from security_harness import (
     CLI,
     E2E,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_START,
     WORKER,
     WorkerProcess,
     dead_letters,
@@ -29,19 +32,16 @@ from security_harness import (
     worker_env,
     xadd_events,
 )
-from tls_certs import Pki, ServerCert, TlsRedisServer, TlsUnavailable, make_pki
+from tls_certs import Pki, ServerCert, make_pki
 
 from agentstream.config import load_settings
+from agentstream.testing import RedisServer, TlsFiles, TlsUnavailable
 from agentstream.transport.pool import pool_from_settings
 
 pytestmark = [pytest.mark.security, pytest.mark.redis]
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_START = 3
-
 #: Server certificate kinds: "good", "expired", "wrong_host".
-Servers = Callable[[str], TlsRedisServer]
+Servers = Callable[[str], RedisServer]
 
 
 @pytest.fixture(name="pki", scope="module")
@@ -54,13 +54,15 @@ def _servers(
     pki: Pki, tmp_path_factory: pytest.TempPathFactory, redis_server_bin: str
 ) -> Iterator[Servers]:
     """TLS-only redis-servers by certificate kind, started on first use."""
-    started: dict[str, TlsRedisServer] = {}
+    started: dict[str, RedisServer] = {}
 
-    def get(kind: str) -> TlsRedisServer:
+    def get(kind: str) -> RedisServer:
         if kind not in started:
             cert: ServerCert = getattr(pki, kind)
-            server = TlsRedisServer(
-                tmp_path_factory.mktemp(f"tls-{kind}"), pki.ca, cert
+            server = RedisServer(
+                tmp_path_factory.mktemp(f"tls-{kind}"),
+                tls=TlsFiles(cert.cert, cert.key, pki.ca),
+                executable=redis_server_bin,
             )
             try:
                 server.start()
@@ -77,7 +79,7 @@ def _servers(
 
 
 def _config(
-    directory: Path, server: TlsRedisServer, stream: str, redis_options: dict[str, Any]
+    directory: Path, server: RedisServer, stream: str, redis_options: dict[str, Any]
 ) -> Path:
     """A worker config for ``server`` with only ``redis_options`` besides the URL."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -167,36 +169,33 @@ FAILURES = {
 }
 
 
-@pytest.mark.parametrize("case", list(FAILURES))
+@pytest.fixture(name="failing", params=list(FAILURES))
+def _failing(
+    request: pytest.FixtureRequest,
+    servers: Servers,
+    pki: Pki,
+    tmp_path: Path,
+    stream_name: str,
+) -> tuple[Path, str]:
+    """A config whose server certificate does not verify, and the reason it must name."""
+    kind, ca, reason = FAILURES[request.param]
+    options = {"ssl_ca_certs": str(getattr(pki, ca))}
+    return _config(tmp_path, servers(kind), stream_name, options), reason
+
+
 class TestVerificationFailures:
-    def test_check_fails_with_one_line(
-        self, servers: Servers, pki: Pki, tmp_path: Path, stream_name: str, case: str
-    ) -> None:
+    def test_check_fails_with_one_line(self, failing: tuple[Path, str]) -> None:
         """`agentstream-worker --check` exits 3 with one stderr line naming the TLS failure, no traceback."""
-        kind, ca, reason = FAILURES[case]
-        config = _config(
-            tmp_path,
-            servers(kind),
-            stream_name,
-            {"ssl_ca_certs": str(getattr(pki, ca))},
-        )
+        config, reason = failing
         proc = _check(config)
         assert proc.returncode == EXIT_START, proc.stderr
         line = one_error_line(proc)
         assert line.startswith("agentstream-worker: redis check failed:"), line
         assert "certificate verify failed" in line and reason in line, line
 
-    def test_cli_fails_with_one_line(
-        self, servers: Servers, pki: Pki, tmp_path: Path, stream_name: str, case: str
-    ) -> None:
+    def test_cli_fails_with_one_line(self, failing: tuple[Path, str]) -> None:
         """`agentstream stats` exits 1 with one stderr line naming the TLS failure, no traceback."""
-        kind, ca, reason = FAILURES[case]
-        config = _config(
-            tmp_path,
-            servers(kind),
-            stream_name,
-            {"ssl_ca_certs": str(getattr(pki, ca))},
-        )
+        config, reason = failing
         proc = _stats(config)
         assert proc.returncode == EXIT_FAILED, proc.stderr
         assert proc.stdout == ""

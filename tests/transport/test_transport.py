@@ -14,8 +14,8 @@ import redis
 
 import agentstream
 from agentstream import RedisConnectionPool, RedisStreamTransport, errors
+from agentstream.testing import RedisServer, await_for, free_port, wait_for
 from agentstream.transport.worker_ops import WorkerOps
-from redis_server import RedisServer, await_for, free_port, wait_for
 
 pytestmark = pytest.mark.redis
 

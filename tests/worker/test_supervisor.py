@@ -13,13 +13,13 @@ import structlog
 import structlog.testing
 
 from agentstream import App, Event, RedisStreamTransport, Settings
+from agentstream.testing import await_for
 from agentstream.transport.pool import pool_from_settings
 from agentstream.transport.worker_ops import WorkerOps
 from agentstream.worker import unhandled
 from agentstream.worker.consumer import RETRY_CONSUMER
 from agentstream.worker.reaper import Reaper
 from agentstream.worker.supervisor import Supervisor
-from redis_server import await_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 

@@ -1,4 +1,4 @@
-"""Tests for the RedisServer test helper itself."""
+"""The testing kit's throwaway server, its executable setting and its waiting helpers."""
 
 from __future__ import annotations
 
@@ -9,14 +9,19 @@ from pathlib import Path
 import pytest
 import redis
 
-import redis_server as redis_server_module
-from redis_server import (
+import agentstream.testing.server as server_module
+from agentstream.testing import (
+    SERVER_ENV,
     RedisServer,
-    RedisServerFactory,
+    ServerNotFound,
+    ServerVersion,
     await_for,
     free_port,
+    server_executable,
+    server_version,
     wait_for,
 )
+from agentstream.testing.pytest_plugin import RedisServerFactory, pytest_report_header
 
 
 def _raw_ping(port: int) -> bytes:
@@ -109,9 +114,9 @@ class TestRedisServer:
     ) -> None:
         """When the picked port is taken before redis binds it, start() picks again."""
         ports = iter([taken_port])
-        real_free_port = redis_server_module.free_port
+        real_free_port = server_module.free_port
         monkeypatch.setattr(
-            redis_server_module,
+            server_module,
             "free_port",
             lambda: next(ports, None) or real_free_port(),
         )
@@ -169,3 +174,106 @@ class TestWaiting:
         await await_for(lambda: True, timeout=1)
         with pytest.raises(AssertionError, match="never ready"):
             await await_for(lambda: False, timeout=0.05, message="never ready")
+
+
+def _fake_server(directory: Path, banner: str) -> Path:
+    """An executable that answers ``--version`` with ``banner``."""
+    path = directory / "fake-server"
+    path.write_text(f"#!/bin/sh\necho '{banner}'\n", encoding="utf-8")
+    path.chmod(0o755)
+    return path
+
+
+class TestExecutable:
+    def test_default_is_redis_server_on_path(
+        self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        """Without AGENTSTREAM_REDIS_SERVER, redis-server is looked up on PATH."""
+        fake = _fake_server(tmp_path, "Redis server v=7.2.4 sha=0 malloc=libc")
+        fake.rename(tmp_path / "redis-server")
+        monkeypatch.setenv("PATH", str(tmp_path))
+        assert server_executable({}) == str(tmp_path / "redis-server")
+
+    def test_env_names_a_path_or_a_name_on_path(
+        self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        """AGENTSTREAM_REDIS_SERVER takes a path, or a name looked up on PATH."""
+        fake = _fake_server(tmp_path, "Valkey server v=8.1.8 sha=0 malloc=libc")
+        assert server_executable({SERVER_ENV: str(fake)}) == str(fake)
+        monkeypatch.setenv("PATH", str(tmp_path))
+        assert server_executable({SERVER_ENV: "fake-server"}) == str(fake)
+
+    @pytest.mark.parametrize(
+        "env", [{SERVER_ENV: "/nonexistent/valkey-server"}, {SERVER_ENV: "nope"}]
+    )
+    def test_wrong_setting_names_the_variable(self, env: dict[str, str]) -> None:
+        """A setting that names no executable is an error that names the setting."""
+        with pytest.raises(ServerNotFound, match=SERVER_ENV):
+            server_executable(env)
+
+    def test_missing_default_says_how_to_fix_it(
+        self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        """No redis-server on PATH: the error says to install one or set the variable."""
+        monkeypatch.setenv("PATH", str(tmp_path))
+        with pytest.raises(ServerNotFound, match=f"not found on PATH.*{SERVER_ENV}"):
+            server_executable({})
+
+    @pytest.mark.parametrize(
+        ("banner", "name", "version"),
+        [
+            (
+                "Redis server v=7.0.15 sha=00000000:0 malloc=jemalloc-5.3.0",
+                "Redis",
+                "7.0.15",
+            ),
+            (
+                "Valkey server v=8.1.8 sha=00000000:1 malloc=libc bits=64",
+                "Valkey",
+                "8.1.8",
+            ),
+            (
+                "Redis server v=8.2.3 sha=b5d43ceb:0 malloc=jemalloc-5.3.0",
+                "Redis",
+                "8.2.3",
+            ),
+        ],
+    )
+    def test_version_and_header(
+        self,
+        monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path,
+        banner: str,
+        name: str,
+        version: str,
+    ) -> None:
+        """The header names the server and version from ``--version``, and its path."""
+        fake = _fake_server(tmp_path, banner)
+        assert server_version(str(fake)) == ServerVersion(name, version, str(fake))
+        monkeypatch.setenv(SERVER_ENV, str(fake))
+        header = pytest_report_header()
+        assert header == f"redis-server: {name} {version} ({fake})"
+
+    def test_header_without_a_server(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Without a server the header says so, and why."""
+        monkeypatch.setenv(SERVER_ENV, "/nonexistent/redis-server")
+        header = pytest_report_header()
+        assert header.startswith("redis-server: none (") and SERVER_ENV in header
+
+    def test_not_a_redis_server(self, tmp_path: Path) -> None:
+        """An executable that does not answer like a Redis server is refused."""
+        fake = _fake_server(tmp_path, "hello")
+        with pytest.raises(ServerNotFound, match="not a Redis server"):
+            server_version(str(fake))
+
+    def test_server_runs_the_configured_binary(
+        self, tmp_path: Path, redis_server_bin: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """RedisServer starts the binary the setting names; INFO confirms it."""
+        monkeypatch.setenv(SERVER_ENV, redis_server_bin)
+        with RedisServer(tmp_path) as server:
+            assert server.executable == redis_server_bin
+            with redis.Redis.from_url(server.url) as client:
+                info = client.info("server")
+            assert info["executable"] == redis_server_bin
+            assert str(server.version).endswith(f"({redis_server_bin})")
