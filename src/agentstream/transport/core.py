@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any, Protocol, Self, TypeVar
+from typing import Any, Self, TypeVar
 
 import anyio
 import redis.exceptions as rex
@@ -17,7 +17,7 @@ from agentstream import errors
 from agentstream.event import encode_fields
 from agentstream.transport import scripts as _scripts
 from agentstream.transport.keys import derived_key
-from agentstream.transport.pool import RedisConnectionPool
+from agentstream.transport.pool import CallObserver, RedisConnectionPool
 
 __all__ = [
     "CallObserver",
@@ -83,20 +83,6 @@ def _needs_auth(text: str) -> bool:
 
 class NoGroup(errors.TransportError):
     """The stream or the group vanished under a command (NOGROUP)."""
-
-
-class CallObserver(Protocol):
-    """Told the outcome of every command a ``StreamCore`` sends through ``acall``.
-
-    Set one on the pool (``RedisConnectionPool.observer``) to share one view of
-    the server among every transport of a process.
-    """
-
-    def answered(self) -> None:
-        """Redis answered (a reply, or an error that is not a refusal)."""
-
-    def failed(self, exc: errors.TransportError) -> None:
-        """Redis could not be reached (``ConnectionError``) or refused (``Refused``)."""
 
 
 # redis-py puts the command and its arguments (event data included) in a

@@ -10,7 +10,7 @@ the connection).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 from urllib.parse import unquote, urlsplit
 
 import redis
@@ -24,11 +24,24 @@ import redis.sentinel
 from redis.backoff import ExponentialWithJitterBackoff
 
 from agentstream.config import RedisSettings, host_port
+from agentstream.errors import TransportError
 
-if TYPE_CHECKING:
-    from agentstream.transport.core import CallObserver
+__all__ = ["CallObserver", "RedisConnectionPool", "pool_from_settings", "split_hosts"]
 
-__all__ = ["RedisConnectionPool", "pool_from_settings", "split_hosts"]
+
+class CallObserver(Protocol):
+    """Told the outcome of every command a stream transport sends through ``acall``.
+
+    Set one on the pool (``RedisConnectionPool.observer``) to share one view of
+    the server among every transport of a process.
+    """
+
+    def answered(self) -> None:
+        """Redis answered (a reply, or an error that is not a refusal)."""
+
+    def failed(self, exc: TransportError) -> None:
+        """Redis could not be reached (``ConnectionError``) or refused (``Refused``)."""
+
 
 #: A sync client of any topology.
 SyncClient = redis.Redis | redis.cluster.RedisCluster

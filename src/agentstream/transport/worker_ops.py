@@ -17,6 +17,7 @@ from agentstream.transport.core import (
     StreamCore,
     decode_id,
     pairs_to_fields,
+    refusal_code,
     to_text,
 )
 from agentstream.transport.keys import derived_key
@@ -250,8 +251,10 @@ class WorkerOps(StreamCore):
             The dead letter's id.
 
         Raises:
-            DeadLetterRefused: the XADD was refused (the key holds another type,
-                OOM, ...); nothing changed, the entry is still pending.
+            DeadLetterRefused: the XADD failed (the key holds another type,
+                ...); nothing changed, the entry is still pending.
+            agentstream.errors.Refused: the server refuses writes (``OOM``,
+                ``READONLY``...); nothing changed either.
             agentstream.errors.TransportError: Redis failed otherwise.
         """
         dead: dict[bytes, bytes | str] = dict(fields or {})
@@ -275,9 +278,20 @@ class WorkerOps(StreamCore):
             "dead letter", lambda: self._dead_letter(keys=keys, args=args)
         )
         if not done:
+            text = to_text(result)
+            code = refusal_code(text)
+            if code is not None:  # the server refuses writes: OOM, READONLY...
+                msg = (
+                    f"Redis at {self.location} refused the dead letter of "
+                    f"{entry_id} ({code}): {text}"
+                )
+                refused = errors.Refused(self._scrub(msg), "dead letter", code)
+                if self._pool.observer is not None:
+                    self._pool.observer.failed(refused)
+                raise refused
             msg = (
                 f"Redis at {self.location} refused the dead letter of {entry_id} "
-                f"in {dead_letter_stream!r}: {to_text(result)}"
+                f"in {dead_letter_stream!r}: {text}"
             )
             raise DeadLetterRefused(self._scrub(msg), "dead letter")
         return decode_id(result)
