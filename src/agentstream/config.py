@@ -40,6 +40,7 @@ __all__ = [
     "RedisSettings",
     "Settings",
     "SubscriptionSettings",
+    "WebSettings",
     "load_settings",
     "redact_url",
     "redacted",
@@ -216,6 +217,32 @@ class MetricsSettings(BaseModel):
     port: int = Field(default=9464, ge=0, le=65535)
 
 
+class WebSettings(BaseModel):
+    """The web console (``agentstream web``).
+
+    Attributes:
+        host: the address to bind. Without ``token_file`` or
+            ``basic_auth_file`` only a loopback address is accepted.
+        port: the TCP port to bind (0 picks a free one).
+        token_file: a file holding a bearer token; requests must send
+            ``Authorization: Bearer <token>`` (or sign in with it once).
+        basic_auth_file: a file of ``user:password`` lines for HTTP basic auth.
+        read_only: hide every action and refuse it (403).
+        page_size: entries per page of a list.
+        refresh_s: how often the overview refreshes itself, in seconds.
+    """
+
+    model_config = _SECTION
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=9465, ge=0, le=65535)
+    token_file: Path | None = None
+    basic_auth_file: Path | None = None
+    read_only: bool = False
+    page_size: int = Field(default=50, ge=1, le=1000)
+    refresh_s: float = Field(default=5.0, ge=1)
+
+
 class LogSettings(BaseModel):
     """What is logged and how it is rendered.
 
@@ -254,6 +281,7 @@ class Settings(BaseSettings):
         reaper: see `ReaperSettings`.
         metrics: see `MetricsSettings`.
         log: see `LogSettings`.
+        web: see `WebSettings`.
     """
 
     model_config = SettingsConfigDict(
@@ -283,6 +311,7 @@ class Settings(BaseSettings):
     reaper: ReaperSettings = Field(default_factory=ReaperSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
 
     @field_validator("app")
     @classmethod

@@ -56,11 +56,19 @@ def _raw(redis_url: str) -> Iterator[redis.Redis]:
     client.close()
 
 
+TARGET = re.compile(r"^redis: \S+\n")
+
+
+def without_target(err: str) -> str:
+    """stderr without the first line naming the target Redis."""
+    return TARGET.sub("", err, count=1)
+
+
 def admin(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """Run the command in-process: (status, stdout, stderr)."""
+    """Run the command in-process: (status, stdout, stderr without the target line)."""
     status = run_admin(list(argv))
     captured = capsys.readouterr()
-    return status, captured.out, captured.err
+    return status, captured.out, without_target(captured.err)
 
 
 def dead_letter(
@@ -158,16 +166,21 @@ class TestStats:
         assert status == 0
         [stats] = json.loads(out)["subscriptions"]
         age = stats.pop("oldest_pending_age_ms")
+        unread_age = stats.pop("oldest_undelivered_age_ms")
         [consumer] = stats.pop("consumers")
         assert stats == {
             "stream": stream_name,
             "group": "agents",
             "stream_exists": True,
             "group_exists": True,
+            "paused": False,
+            "paused_by": None,
+            "paused_at": None,
             "length": 3,
             "lag": 1,
             "pending": 1,
             "oldest_pending_id": busy["pending"],
+            "oldest_undelivered_id": busy["unread"],
             "last_delivered_id": busy["dead"],
             "entries_read": 2,
             "dead_letter_stream": f"{stream_name}:dlq",
@@ -175,6 +188,8 @@ class TestStats:
         }
         assert isinstance(age, int)
         assert age >= 0
+        assert isinstance(unread_age, int)
+        assert unread_age >= 0
         assert consumer["name"] == "worker-1"
         assert consumer["pending"] == 1
         assert consumer["idle_ms"] >= 0
@@ -628,6 +643,7 @@ class TestPublishTail:
         )
         try:
             assert tail.stderr is not None
+            assert TARGET.match(tail.stderr.readline())
             assert tail.stderr.readline().startswith(f"following {stream_name} after")
             for n in (1, 2):
                 subprocess.run(
@@ -656,6 +672,7 @@ class TestPublishTail:
         )
         try:
             assert tail.stderr is not None
+            assert TARGET.match(tail.stderr.readline())
             assert tail.stderr.readline().startswith("following")
             tail.send_signal(signal.SIGINT)
             out, err = tail.communicate(timeout=30)
@@ -730,6 +747,7 @@ class TestErrors:
         assert done.returncode == 1
         assert done.stdout == ""
         lines = done.stderr.splitlines()
+        assert lines.pop(0) == f"redis: redis://127.0.0.1:{port}/0"
         assert lines[0].startswith(
             f"agentstream: cannot reach Redis at 127.0.0.1:{port}"
         )
@@ -830,5 +848,5 @@ class TestErrors:
             text=True,
             timeout=60,
         )
-        assert (done.returncode, done.stderr) == (0, "")
+        assert (done.returncode, without_target(done.stderr)) == (0, "")
         assert done.stdout == f"no dead letters in {stream_name}:dlq\n"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
 import sys
 from collections.abc import Collection, Sequence
 from typing import Any
@@ -23,6 +25,13 @@ class UsageError(AgentStreamError):
 
 class CommandFailed(AgentStreamError):
     """The command could not do what was asked (unknown id, ...); exit 1."""
+
+
+def no_group(ops: AdminOps) -> CommandFailed:
+    """The failure of an operation on a stream or group that does not exist."""
+    return CommandFailed(
+        f"stream {ops.stream!r} or its consumer group {ops.group!r} does not exist"
+    )
 
 
 class Context:
@@ -135,3 +144,54 @@ def json_object(source: str, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise UsageError(f"{what} must be a JSON object, not {type(value).__name__}")
     return value
+
+
+# -- argument types (argparse ``type=``) -----------------------------------------
+
+_ID_RE = re.compile(r"^\d+-\d+$")
+_BOUND_RE = re.compile(r"^(\d+(-\d+)?|[-+])$")
+
+
+def entry_id_arg(value: str) -> str:
+    if not _ID_RE.match(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a stream id like 1-0")
+    return value
+
+
+def bound_arg(value: str) -> str:
+    if not _BOUND_RE.match(value):
+        msg = f"{value!r} is not a stream id (1700000000000-0, 1700000000000, - or +)"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def positive_arg(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive integer")
+    return number
+
+
+def is_entry_id(value: str) -> bool:
+    """Whether ``value`` is a full stream entry id (``1700000000000-0``)."""
+    return bool(_ID_RE.match(value))
+
+
+def non_negative_arg(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number >= 0")
+    return number
+
+
+def group_id_arg(value: str) -> str:
+    """An id XGROUP SETID takes: a stream id, ``0`` or ``$``."""
+    if value in ("0", "$") or _ID_RE.match(value):
+        return value
+    raise argparse.ArgumentTypeError(f"{value!r} is not a stream id like 1-0, 0 or $")

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from fnmatch import fnmatchcase
 
+from agentstream.admin import dead_letters
 from agentstream.admin._common import (
     CommandFailed,
     Context,
@@ -21,82 +20,14 @@ from agentstream.admin._common import (
     table,
     text,
 )
-from agentstream.config import Settings
-from agentstream.transport.admin_ops import AdminOps
-from agentstream.transport.core import RawFields
+from agentstream.admin.dead_letters import Filters, dead_letter_key
 
-#: Entries read per XRANGE while filtering.
-_PAGE = 500
-#: Entries moved or deleted per MULTI / XDEL.
-_CHUNK = 100
 #: What ``dlq list`` shows without ``--count``.
 _LIST_DEFAULT = 100
-_DLQ_PREFIX = b"dlq_"
-
-Entry = tuple[str, RawFields]
 
 
-@dataclass(frozen=True, slots=True)
-class Filters:
-    """Which dead letters a command applies to."""
-
-    type: str | None = None
-    reason: str | None = None
-    start: str = "-"
-    end: str = "+"
-    count: int | None = None
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> Filters:
-        return cls(args.type, args.reason, args.start, args.end, args.count)
-
-    @property
-    def given(self) -> bool:
-        return self != Filters()
-
-    def matches(self, fields: RawFields) -> bool:
-        """Whether an entry's type and reason match (shell-style wildcards)."""
-        if self.type is not None and not fnmatchcase(field(fields, "type"), self.type):
-            return False
-        return self.reason is None or fnmatchcase(
-            field(fields, "dlq_reason"), self.reason
-        )
-
-
-def dead_letter_key(settings: Settings, stream: str | None) -> str:
-    """The dead-letter stream of ``stream`` (default: the first subscription's)."""
-    subscriptions = settings.subscriptions
-    if stream is None:
-        return subscriptions[0].dead_letter_key
-    for sub in subscriptions:
-        if sub.stream == stream:
-            return sub.dead_letter_key
-    return f"{stream}:dlq"
-
-
-async def _select(
-    transport: AdminOps, key: str, filters: Filters, limit: int | None
-) -> AsyncIterator[Entry]:
-    """Yield up to ``limit`` matching entries of ``key``, oldest first."""
-    start, found = filters.start, 0
-    while limit is None or found < limit:
-        rows = await transport.arange_raw(key, start, filters.end, _PAGE)
-        for entry_id, fields in rows:
-            if filters.matches(fields):
-                yield entry_id, fields
-                found += 1
-                if limit is not None and found >= limit:
-                    return
-        if len(rows) < _PAGE:
-            return
-        start = f"({rows[-1][0]}"
-
-
-async def _get(transport: AdminOps, key: str, entry_id: str) -> RawFields:
-    rows = await transport.arange_raw(key, entry_id, entry_id, 1)
-    if not rows:
-        raise CommandFailed(f"no dead letter {entry_id} in {key}")
-    return rows[0][1]
+def _filters(args: argparse.Namespace) -> Filters:
+    return Filters(args.type, args.reason, args.text, args.start, args.end)
 
 
 def _none_match(key: str, filters: Filters) -> str:
@@ -106,11 +37,16 @@ def _none_match(key: str, filters: Filters) -> str:
 async def run_list(args: argparse.Namespace, ctx: Context) -> int:
     """List dead letters, oldest first: one line each."""
     key = dead_letter_key(ctx.settings, args.stream)
-    transport = ctx.transport(key)
-    filters = Filters.from_args(args)
-    limit = filters.count or _LIST_DEFAULT
+    filters = _filters(args)
+    limit = args.count or _LIST_DEFAULT
     # One more than shown, to tell whether there are more.
-    entries = [e async for e in _select(transport, key, filters, limit + 1)]
+    page = await dead_letters.find(ctx.transport(key), key, filters, limit + 1)
+    entries = page.items
+    if args.json:
+        listed = [dead_letter_json(i, f) for i, f in entries[:limit]]
+        more = entries[limit][0] if len(entries) > limit else None
+        out(json.dumps({"dead_letter_stream": key, "entries": listed, "next": more}))
+        return 0
     if not entries:
         out(_none_match(key, filters))
         return 0
@@ -121,7 +57,7 @@ async def run_list(args: argparse.Namespace, ctx: Context) -> int:
             field(fields, "type", "-"),
             field(fields, "dlq_reason", "-"),
             field(fields, "dlq_delivery_count", "-"),
-            one_line(field(fields, "dlq_error").strip().partition("\n")[0]),
+            one_line(dead_letters.first_line(fields)),
         ]
         for entry_id, fields in entries[:limit]
     ]
@@ -144,7 +80,7 @@ def _when(value: str) -> str:
 async def run_show(args: argparse.Namespace, ctx: Context) -> int:
     """Print one dead letter in full: every field, the error in full."""
     key = dead_letter_key(ctx.settings, args.stream)
-    fields = await _get(ctx.transport(key), key, args.id)
+    fields = await dead_letters.get(ctx.transport(key), key, args.id)
     out(f"dead letter {args.id} in {key}")
     names = [text(name) for name in fields]
     width = max(len(name) for name in names) if names else 0
@@ -159,52 +95,32 @@ async def run_show(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
-def _move(entry_id: str, fields: RawFields) -> tuple[str, str, RawFields] | str:
-    """The move that replays an entry, or why it cannot be replayed."""
-    target = fields.get(b"dlq_stream")
-    if not target:
-        return f"{entry_id} has no dlq_stream field"
-    original = {k: v for k, v in fields.items() if not k.startswith(_DLQ_PREFIX)}
-    if not original:
-        return f"{entry_id} kept no event fields"
-    return entry_id, text(target), original
-
-
 async def run_replay(args: argparse.Namespace, ctx: Context) -> int:
     """Put dead letters back on their original streams; print the new ids."""
     key = dead_letter_key(ctx.settings, args.stream)
     transport = ctx.transport(key)
-    filters = Filters.from_args(args)
+    filters = _filters(args)
     if args.ids:
-        entries = [(i, await _get(transport, key, i)) for i in dict.fromkeys(args.ids)]
+        entries = [
+            (i, await dead_letters.get(transport, key, i))
+            for i in dict.fromkeys(args.ids)
+        ]
+        problems = dead_letters.replay_problems(entries)
+        if problems:
+            raise CommandFailed(f"cannot replay: {problems[0]}; nothing replayed")
     else:
-        entries = [e async for e in _select(transport, key, filters, filters.count)]
-    moves, problems = [], []
-    for entry_id, fields in entries:
-        move = _move(entry_id, fields)
-        if isinstance(move, str):
-            problems.append(move)
-        else:
-            moves.append(move)
-    if args.ids and problems:
-        raise CommandFailed(f"cannot replay: {problems[0]}; nothing replayed")
+        page = await dead_letters.find(transport, key, filters, args.count)
+        entries = page.items
     if not entries:
         out(_none_match(key, filters))
         return 0
-    replayed = 0
-    for i in range(0, len(moves), _CHUNK):
-        chunk = moves[i : i + _CHUNK]
-        new_ids = await transport.amove_entries(key, chunk)
-        for (entry_id, target, _), new_id in zip(chunk, new_ids, strict=True):
-            if new_id is None:
-                problems.append(f"{entry_id}: already replayed or deleted")
-                continue
-            out(f"{entry_id} -> {target} {new_id}")
-            replayed += 1
-    out(f"replayed {plural(replayed, 'dead letter')} from {key}")
-    for problem in problems:
+    result = await dead_letters.replay(transport, key, entries)
+    for entry_id, target, new_id in result.replayed:
+        out(f"{entry_id} -> {target} {new_id}")
+    out(f"replayed {plural(len(result.replayed), 'dead letter')} from {key}")
+    for problem in result.problems:
         err(f"agentstream: not replayed: {problem}")
-    return 1 if problems else 0
+    return 1 if result.problems else 0
 
 
 def _confirm(question: str) -> bool:
@@ -223,16 +139,20 @@ async def run_purge(args: argparse.Namespace, ctx: Context) -> int:
             "(stdin is not a terminal, so it cannot ask)"
         )
     transport = ctx.transport(key)
-    filters = Filters.from_args(args)
-    ids = [i async for i, _ in _select(transport, key, filters, filters.count)]
+    filters = _filters(args)
+    page = await dead_letters.find(transport, key, filters, args.count)
+    ids = [i for i, _ in page.items]
     if not ids:
         out(_none_match(key, filters))
         return 0
     question = f"Delete {plural(len(ids), 'dead letter')} from {key}?"
     if not args.yes and not _confirm(question):
         raise CommandFailed("nothing deleted")
-    deleted = 0
-    for i in range(0, len(ids), _CHUNK * 10):
-        deleted += await transport.adelete_entries(key, ids[i : i + _CHUNK * 10])
+    deleted = await dead_letters.purge(transport, key, ids)
     out(f"deleted {plural(deleted, 'dead letter')} from {key}")
     return 0
+
+
+def dead_letter_json(entry_id: str, fields: dict[bytes, bytes]) -> dict[str, str]:
+    """A dead letter as JSON: ``id`` and every field, decoded for display."""
+    return {"id": entry_id} | {text(k): text(v) for k, v in fields.items()}

@@ -6,53 +6,16 @@ import argparse
 import json
 from typing import Any
 
-from agentstream.admin._common import Context, duration, out, table, text
-from agentstream.config import SubscriptionSettings
-from agentstream.transport.admin_ops import AdminOps
-
-
-def _ms_part(entry_id: str) -> int:
-    return int(entry_id.partition("-")[0])
-
-
-async def _subscription_stats(
-    transport: AdminOps, sub: SubscriptionSettings, now_ms: int
-) -> dict[str, Any]:
-    """What one subscription looks like now; the keys are the same every time."""
-    exists = await transport.aexists()
-    group = await transport.agroup_info() if exists else None
-    pending = await transport.apending_summary() if group is not None else None
-    consumers = await transport.agroup_consumers() if group is not None else None
-    oldest = pending["min_id"] if pending else None
-    lag = group.get("lag") if group else None
-    entries_read = group.get("entries-read") if group else None
-    return {
-        "stream": sub.stream,
-        "group": sub.group,
-        "stream_exists": exists,
-        "group_exists": group is not None,
-        "length": await transport.alength() if exists else 0,
-        "lag": None if lag is None else int(lag),
-        "pending": pending["count"] if pending else None,
-        "oldest_pending_id": oldest,
-        "oldest_pending_age_ms": (
-            None if oldest is None else max(now_ms - _ms_part(oldest), 0)
-        ),
-        "last_delivered_id": text(group["last-delivered-id"]) if group else None,
-        "entries_read": None if entries_read is None else int(entries_read),
-        "dead_letter_stream": sub.dead_letter_key,
-        "dead_letters": await transport.alength(sub.dead_letter_key),
-        "consumers": [
-            {"name": c["name"], "pending": c["pending"], "idle_ms": c["idle"]}
-            for c in consumers or ()
-        ],
-    }
+from agentstream.admin._common import Context, duration, out, table
+from agentstream.admin.subscriptions import states
 
 
 def _status(stats: dict[str, Any]) -> str:
     if not stats["stream_exists"]:
         return "no stream"
-    return "ok" if stats["group_exists"] else "no group"
+    if not stats["group_exists"]:
+        return "no group"
+    return "paused" if stats["paused"] else "ok"
 
 
 def _cell(value: Any, missing: str = "-") -> str:
@@ -104,14 +67,7 @@ def _render(subscriptions: list[dict[str, Any]]) -> list[str]:
 
 async def run_stats(args: argparse.Namespace, ctx: Context) -> int:
     """Print the state of every subscription, as a table or as JSON."""
-    subscriptions = []
-    now_ms: int | None = None
-    for sub in ctx.settings.subscriptions:
-        transport = ctx.transport(sub.stream, sub.group)
-        if now_ms is None:
-            # The server's clock: the ids are its milliseconds, not ours.
-            now_ms = await transport.aserver_time_ms()
-        subscriptions.append(await _subscription_stats(transport, sub, now_ms))
+    subscriptions = await states(ctx)
     if args.json:
         out(json.dumps({"subscriptions": subscriptions}, indent=2))
     else:

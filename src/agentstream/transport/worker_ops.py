@@ -8,6 +8,7 @@ from collections.abc import (
 )
 from typing import Any
 
+from agentstream.transport import keys
 from agentstream.transport.core import (
     ClaimResult,
     RawEntry,
@@ -180,7 +181,7 @@ class WorkerOps(StreamCore):
     # -- failures remembered between deliveries ------------------------------
 
     def _error_key(self, entry_id: str) -> str:
-        return f"{self.stream}:lasterror:{self.group}:{entry_id}"
+        return keys.last_error_key(self.stream, self.group, entry_id)
 
     async def aset_last_error(self, entry_id: str, error: str, ttl_s: float) -> None:
         """Remember the last error of an entry for ``ttl_s`` seconds."""
@@ -193,6 +194,11 @@ class WorkerOps(StreamCore):
         key = self._error_key(entry_id)
         value = await self.acall("get", lambda: self.raw.get(key))
         return None if value is None else decode_id(value)
+
+    async def apaused(self) -> bool:
+        """Whether an operator paused this subscription (GET of its pause key)."""
+        key = keys.pause_key(self.stream, self.group)
+        return await self.acall("get", lambda: self.raw.get(key)) is not None
 
     # -- consumers and groups ------------------------------------------------
 
@@ -242,7 +248,7 @@ class WorkerOps(StreamCore):
 
     def lease_key(self, name: str) -> str:
         """The key of the lease on a consumer-name base in this group."""
-        return f"{self.stream}:owner:{self.group}:{name}"
+        return keys.lease_key(self.stream, self.group, name)
 
     async def aacquire_lease(self, name: str, token: str, ttl_ms: int) -> bool:
         """Take or extend the lease on ``name``; False when another holds it."""

@@ -21,6 +21,7 @@ from agentstream.errors import (
     StartupError,
     TransportError,
 )
+from agentstream.observe.counts import SweepResult
 from agentstream.observe.metrics import (
     CollectorRegistry,
     MetricsServer,
@@ -30,7 +31,8 @@ from agentstream.transport.worker_ops import WorkerOps
 from agentstream.worker.consumer import Consumer, describe_error
 from agentstream.worker.monitor import Monitor
 from agentstream.worker.names import NameLease, NamesExhausted
-from agentstream.worker.reaper import Reaper, SweepResult
+from agentstream.worker.pause import PauseWatch
+from agentstream.worker.reaper import Reaper
 from agentstream.worker.redis_state import RedisState
 
 __all__ = ["Supervisor"]
@@ -81,6 +83,7 @@ class Supervisor:
         self.sweeps: list[SweepResult] = []
         self.restarts = 0
         self.started = anyio.Event()
+        self.pause: PauseWatch | None = None
         self._handle_signals = handle_signals
         self._parent_pid = parent_pid
         self._stopping = anyio.Event()
@@ -179,6 +182,9 @@ class Supervisor:
                 except (NamesExhausted, AuthenticationError, PermissionDenied) as exc:
                     raise StartupError(str(exc)) from None
                 tg.start_soon(lease.keep, self._name_lost)
+                self.pause = PauseWatch(transports, monitor.metrics.set_paused)
+                await self.pause.poll()
+                tg.start_soon(self.pause.run)
                 self._start_loops(tg, transports)
                 if self.settings.metrics.enabled:
                     tg.start_soon(monitor.report, transports)
@@ -275,6 +281,7 @@ class Supervisor:
             self.settings,
             limiter,
             on_read=self.redis.answered,
+            pause=self.pause,
         )
         self.consumers.append(consumer)
         return consumer
