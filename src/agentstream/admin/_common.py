@@ -59,6 +59,29 @@ class Context:
             self._pool = None
 
 
+def confirm(question: str | None, yes: bool, what: str) -> None:
+    """Ask ``question`` on a terminal unless ``yes``; off one, demand ``--yes``.
+
+    With ``question=None`` only the terminal check is made.
+
+    Raises:
+        UsageError: stdin is not a terminal and ``yes`` is False.
+        CommandFailed: the operator declined.
+    """
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise UsageError(
+            f"{what}: add --yes to confirm (stdin is not a terminal, so it cannot ask)"
+        )
+    if question is None:
+        return
+    sys.stderr.write(f"{question} [y/N] ")
+    sys.stderr.flush()
+    if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+        raise CommandFailed("nothing changed")
+
+
 def out(line: str = "") -> None:
     """Write one line to stdout."""
     sys.stdout.write(line + "\n")

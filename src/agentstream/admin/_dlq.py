@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from datetime import UTC, datetime
 
 from agentstream.admin import dead_letters
 from agentstream.admin._common import (
     CommandFailed,
     Context,
-    UsageError,
+    confirm,
     err,
     field,
     one_line,
@@ -123,21 +122,11 @@ async def run_replay(args: argparse.Namespace, ctx: Context) -> int:
     return 1 if result.problems else 0
 
 
-def _confirm(question: str) -> bool:
-    sys.stderr.write(f"{question} [y/N] ")
-    sys.stderr.flush()
-    answer = sys.stdin.readline()
-    return answer.strip().lower() in ("y", "yes")
-
-
 async def run_purge(args: argparse.Namespace, ctx: Context) -> int:
     """Delete matching dead letters (all without filters), after confirmation."""
     key = dead_letter_key(ctx.settings, args.stream)
-    if not args.yes and not sys.stdin.isatty():
-        raise UsageError(
-            f"dlq purge deletes dead letters from {key}: add --yes to confirm "
-            "(stdin is not a terminal, so it cannot ask)"
-        )
+    what = f"dlq purge deletes dead letters from {key}"
+    confirm(None, args.yes, what)  # off a terminal, refuse before reading
     transport = ctx.transport(key)
     filters = _filters(args)
     page = await dead_letters.find(transport, key, filters, args.count)
@@ -145,9 +134,7 @@ async def run_purge(args: argparse.Namespace, ctx: Context) -> int:
     if not ids:
         out(_none_match(key, filters))
         return 0
-    question = f"Delete {plural(len(ids), 'dead letter')} from {key}?"
-    if not args.yes and not _confirm(question):
-        raise CommandFailed("nothing deleted")
+    confirm(f"Delete {plural(len(ids), 'dead letter')} from {key}?", args.yes, what)
     deleted = await dead_letters.purge(transport, key, ids)
     out(f"deleted {plural(deleted, 'dead letter')} from {key}")
     return 0

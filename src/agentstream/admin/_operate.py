@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
 from agentstream.admin import consumers, pending, subscriptions
 from agentstream.admin._common import (
-    CommandFailed,
     Context,
-    UsageError,
+    confirm,
     duration,
     err,
     one_line,
@@ -28,25 +26,6 @@ _LIST_DEFAULT = 100
 def _ops(args: argparse.Namespace, ctx: Context) -> AdminOps:
     sub = subscriptions.resolve(ctx.settings, args.stream, args.group)
     return ctx.transport(sub.stream, sub.group)
-
-
-def confirm(question: str, yes: bool, what: str) -> None:
-    """Ask on a terminal unless ``yes``; off a terminal, demand ``--yes``.
-
-    Raises:
-        UsageError: stdin is not a terminal and ``yes`` is False.
-        CommandFailed: the operator declined.
-    """
-    if yes:
-        return
-    if not sys.stdin.isatty():
-        raise UsageError(
-            f"{what}: add --yes to confirm (stdin is not a terminal, so it cannot ask)"
-        )
-    sys.stderr.write(f"{question} [y/N] ")
-    sys.stderr.flush()
-    if sys.stdin.readline().strip().lower() not in ("y", "yes"):
-        raise CommandFailed("nothing changed")
 
 
 # -- pending ---------------------------------------------------------------------

@@ -64,6 +64,10 @@ class PauseWatch:
         self._paused: dict[tuple[str, str], bool] = {}
         self._resumed: dict[tuple[str, str], anyio.Event] = {}
         self._failing = False
+        #: Completed polls, for whoever must know the state was read since.
+        self.polls = 0
+        #: Readers waiting in ``hold`` now.
+        self.holding = 0
 
     def paused(self, stream: str, group: str) -> bool:
         """Whether the subscription was paused at the last poll."""
@@ -106,6 +110,7 @@ class PauseWatch:
                 )
             if self._on_change is not None:
                 self._on_change(key[0], key[1], paused)
+        self.polls += 1
 
     async def hold(self, reader: Reader, acks: list[bytes | str]) -> list[bytes | str]:
         """Return at once unless the reader's subscription is paused; else
@@ -119,8 +124,12 @@ class PauseWatch:
             return acks
         if acks:
             await reader.transport.aack(acks)
-        while self._paused.get(key):
-            reader.last_tick = time.monotonic()  # paused is not stuck
-            with anyio.move_on_after(1.0):
-                await self._resumed[key].wait()
+        self.holding += 1
+        try:
+            while self._paused.get(key):
+                reader.last_tick = time.monotonic()  # paused is not stuck
+                with anyio.move_on_after(1.0):
+                    await self._resumed[key].wait()
+        finally:
+            self.holding -= 1
         return []
