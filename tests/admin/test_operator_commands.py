@@ -173,12 +173,13 @@ class TestConsumersAndWorkers:
         status, out, _ = admin(
             capsys, "--config", str(config), "consumers", "list", "--json"
         )
+        assert status == 0
         by_name = {c["name"]: c for c in json.loads(out)["consumers"]}
         assert by_name["host-0-0"]["worker"] == "host-0"
         assert by_name["host-0-0"]["stale"] is False
         assert by_name["old-0-0"]["stale"] is True
         assert by_name["old-0-0"]["worker"] is None
-        status, out, _ = admin(capsys, "--config", str(config), "consumers", "list")
+        _, out, _ = admin(capsys, "--config", str(config), "consumers", "list")
         assert row(out, "old-0-0")[-1] == "stale"
         _, out, _ = admin(capsys, "--config", str(config), "workers")
         assert row(out, stream, "agents", "host-0")[3:5] == ["1", "1"]
