@@ -11,15 +11,13 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import anyio
 import pytest
 import redis
 
-from agentstream import RedisConnectionPool, RedisStreamTransport
+from agentstream import RedisStreamTransport
 from agentstream.admin import run_admin
-from agentstream.transport.admin_ops import AdminOps
-from agentstream.transport.worker_ops import WorkerOps
 from redis_server import RedisServerFactory, free_port
+from stream_data import dead_letter
 
 pytestmark = pytest.mark.redis
 
@@ -69,38 +67,6 @@ def admin(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str
     status = run_admin(list(argv))
     captured = capsys.readouterr()
     return status, captured.out, without_target(captured.err)
-
-
-def dead_letter(
-    url: str,
-    stream: str,
-    entry_id: str,
-    reason: str,
-    error: str = "ValueError: boom",
-    deliveries: int = 5,
-    key: str | None = None,
-) -> str:
-    """Dead-letter one entry of ``stream`` as the worker does; return its DLQ id."""
-
-    async def run() -> str:
-        pool = RedisConnectionPool(url, decode_responses=False)
-        try:
-            t = await WorkerOps.aopen(stream, pool=pool)
-            [(_, fields)] = await AdminOps.attach(stream, pool=pool).arange_raw(
-                None, entry_id, entry_id
-            )
-            details = {
-                "reason": reason,
-                "error": error,
-                "delivery_count": str(deliveries),
-            }
-            return await t.adead_letter(
-                entry_id, fields, key or f"{stream}:dlq", details, 1000
-            )
-        finally:
-            await pool.aclose()
-
-    return anyio.run(run, backend="asyncio")
 
 
 def xadd(raw: redis.Redis, key: str, fields: dict[str, str | bytes]) -> str:

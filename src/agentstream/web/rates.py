@@ -89,13 +89,11 @@ class RateSampler:
         samples = list(self._samples[index])
         if len(samples) < 2:
             return Rates(None, None, 0.0, [])
-        last = samples[-1]
-        minute = [s for s in samples if last[0] - s[0] <= 60.0] or samples
-        first = minute[0] if minute[0] is not last else samples[-2]
+        now = samples[-1][0]
+
+        def over_minute(i: int) -> float | None:
+            known = [s for s in samples if s[i] is not None and now - s[0] <= 60.0]
+            return _rate(known[0], known[-1], i) if len(known) > 1 else None
+
         series = [r for a, b in pairwise(samples) if (r := _rate(a, b, 1)) is not None]
-        return Rates(
-            _rate(first, last, 1),
-            _rate(first, last, 2),
-            last[0] - samples[0][0],
-            series,
-        )
+        return Rates(over_minute(1), over_minute(2), now - samples[0][0], series)

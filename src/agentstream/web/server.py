@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+from collections.abc import Iterator
+
 import structlog
 import uvicorn
 
@@ -16,6 +20,24 @@ from agentstream.web.security import check_bind, load_credentials
 __all__ = ["serve"]
 
 log = structlog.get_logger("agentstream.web")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, but a stop on SIGTERM or SIGINT exits 0.
+
+    uvicorn raises the caught signal again after its graceful shutdown, so the
+    process would end killed by SIGTERM; the worker exits 0 there, and so do we.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        stops = (signal.SIGINT, signal.SIGTERM)
+        previous = {s: signal.signal(s, self.handle_exit) for s in stops}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def serve(settings: Settings, host: str | None = None, port: int | None = None) -> int:
@@ -54,7 +76,7 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
         server_header=False,
         lifespan="on",
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
     try:
         server.run()
     except KeyboardInterrupt:
