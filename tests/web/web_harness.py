@@ -39,15 +39,23 @@ def _toml(value: Any) -> str:
 
 
 def write_config(
-    path: Path, url: str, streams: Sequence[str], web: dict[str, Any] | None = None
+    path: Path,
+    url: str,
+    streams: Sequence[str],
+    web: dict[str, Any] | None = None,
+    *,
+    top: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
 ) -> Path:
-    """A worker.toml with ``streams`` subscribed and an optional [web] table."""
-    lines = ["[redis]", f'url = "{url}"']
+    """A worker.toml: ``top`` keys, ``streams`` subscribed, [metrics] and [web]."""
+    lines = [f"{key} = {_toml(value)}" for key, value in (top or {}).items()]
+    lines += ["[redis]", f'url = "{url}"']
     for stream in streams:
         lines += ["[[subscriptions]]", f'stream = "{stream}"']
-    if web:
-        lines.append("[web]")
-        lines += [f"{key} = {_toml(value)}" for key, value in web.items()]
+    for name, table in (("metrics", metrics), ("web", web)):
+        if table:
+            lines.append(f"[{name}]")
+            lines += [f"{key} = {_toml(value)}" for key, value in table.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
 
