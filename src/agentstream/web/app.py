@@ -12,7 +12,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -28,8 +28,8 @@ __all__ = ["create_app"]
 log = structlog.get_logger("agentstream.web")
 
 _HERE = Path(__file__).parent
-#: Reachable without signing in: the sign-in page and the static files.
-_PUBLIC = ("/login", "/static/")
+#: Reachable without signing in: the sign-in page, static files, the probe.
+_PUBLIC = ("/login", "/static/", "/healthz")
 
 
 class _Auth(BaseHTTPMiddleware):
@@ -105,6 +105,11 @@ def _client(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
+async def _healthz(request: Request) -> Response:
+    """Liveness of the console process (it needs no Redis to answer)."""
+    return PlainTextResponse("ok")
+
+
 def create_app(settings: Settings, credentials: Credentials) -> Starlette:
     """Build the console for ``settings`` (Redis, subscriptions, ``web``).
 
@@ -131,6 +136,7 @@ def create_app(settings: Settings, credentials: Credentials) -> Starlette:
 
     routes = [
         Route("/login", _login, methods=["GET", "POST"]),
+        Route("/healthz", _healthz),
         *pages.routes(),
         *actions.routes(),
         Mount("/static", StaticFiles(directory=_HERE / "static"), name="static"),
