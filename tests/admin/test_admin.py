@@ -54,7 +54,7 @@ def _raw(redis_url: str) -> Iterator[redis.Redis]:
     client.close()
 
 
-TARGET = re.compile(r"^redis: \S+\n")
+TARGET = re.compile(r"^redis: \S+( \(user \S+\))?\n")
 
 
 def without_target(err: str) -> str:

@@ -75,12 +75,17 @@ WORKER_COMMANDS: tuple[str, ...] = (
     "+script|load",
 )
 
-#: What ``agentstream stats``, ``dlq list``/``show`` and ``tail`` run.
+#: What ``agentstream stats``, ``dlq list``/``show``, ``tail``, ``pending
+#: list``/``show``, ``consumers list``, ``workers`` and a read-only web console
+#: run (GET: pause state and last errors; SCAN and PTTL: the name leases).
 READONLY_COMMANDS: tuple[str, ...] = (
     "+ping",
     "+select",
     "+time",
     "+exists",
+    "+get",
+    "+scan",
+    "+pttl",
     "+xlen",
     "+xpending",
     "+xinfo|stream",

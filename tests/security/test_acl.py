@@ -36,6 +36,7 @@ from security_harness import (
     run,
     scrape,
     wait_until,
+    without_target,
     worker_env,
     xadd_events,
 )
@@ -391,8 +392,18 @@ class TestReadOnlyUser:
             ["dlq", "list"],
             ["dlq", "show", "{dlq}"],
             ["tail", "{stream}", "--from", "0", "--count", "2"],
+            ["pending", "list", "--json"],
+            ["consumers", "list", "--json"],
         ],
-        ids=["stats", "stats-json", "dlq-list", "dlq-show", "tail"],
+        ids=[
+            "stats",
+            "stats-json",
+            "dlq-list",
+            "dlq-show",
+            "tail",
+            "pending",
+            "consumers",
+        ],
     )
     def test_reading_commands_work(
         self,
@@ -409,6 +420,7 @@ class TestReadOnlyUser:
         args = [a.format(dlq=busy["dlq"], stream=stream) for a in argv]
         status = run_admin(["--config", str(config), *args])
         out, err = capsys.readouterr()
+        err = without_target(err)
         assert status == EXIT_OK, err
         assert "following" in err if argv[0] == "tail" else err == ""
         assert stream in out or busy["dlq"] in out or '"token"' in out, out
@@ -453,6 +465,7 @@ class TestReadOnlyUser:
         args = [a.format(stream=stream) for a in argv]
         status = run_admin(["--config", str(config), *args])
         out, err = capsys.readouterr()
+        err = without_target(err)
         assert status == EXIT_FAILED, err
         assert out == ""
         lines = err.splitlines()

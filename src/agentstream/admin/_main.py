@@ -233,7 +233,8 @@ def run_admin(argv: Sequence[str] | None = None) -> int:
         err(f"agentstream: configuration error: {exc}")
         return EXIT_CONFIG
     # Which Redis a command touches, on stderr so that stdout stays parseable.
-    err(f"redis: {redact_url(settings.redis.url)}")
+    user = settings.redis.username
+    err(f"redis: {redact_url(settings.redis.url)}{f' (user {user})' if user else ''}")
     if args.command == "web":
         return run_web(args, settings)
     try:
