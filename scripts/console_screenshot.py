@@ -8,13 +8,23 @@ and `agentstream web`; then Debian's chromium (headless, through chromedriver)
 takes the screenshot. Needs the dev extra and chromium + chromium-driver.
 """
 
-import os, subprocess, sys, time, tempfile, pathlib, json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
 
-sys.path.insert(0, "tests")
-from redis_server import RedisServer, free_port, wait_for
-import redis, urllib.request
+import redis
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
 
-root = pathlib.Path.cwd()
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
+from redis_server import RedisServer, free_port, wait_for  # noqa: E402
+
+root = pathlib.Path(__file__).resolve().parents[1]
+os.chdir(root)  # the example app and config.example.toml are found from here
 tmp = pathlib.Path(tempfile.mkdtemp())
 srv = RedisServer(tmp / "redis")
 srv.start()
@@ -98,9 +108,6 @@ try:
     )
     wait_for(lambda: r.xlen("agent_output:dlq") >= 3, 30)
     time.sleep(25)  # let the console sample some rates for the sparkline
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
 
     o = Options()
     o.binary_location = "/usr/bin/chromium"
@@ -122,10 +129,6 @@ try:
     time.sleep(1)
     (root / "docs").mkdir(exist_ok=True)
     d.save_screenshot(str(root / "docs/console-overview.png"))
-    d.get(f"http://127.0.0.1:{web_port}/s/0/dead-letters")
-    d.set_window_size(1280, 700)
-    d.save_screenshot(str(tmp / "dlq.png"))
-    print(tmp / "dlq.png")
     d.quit()
 finally:
     for p in procs:
