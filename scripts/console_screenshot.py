@@ -21,7 +21,7 @@ from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
-from redis_server import RedisServer, free_port, wait_for  # noqa: E402
+from redis_server import RedisServer, free_port, wait_for
 
 root = pathlib.Path(__file__).resolve().parents[1]
 os.chdir(root)  # the example app and config.example.toml are found from here

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -174,18 +175,23 @@ def test_console_in_a_browser(
         assert browser.find_element(By.ID, "result").text.endswith("paused")
         wait_for(lambda: _metric(metrics_port, "agentstream_subscription_paused", stream_name) == 1, timeout=30, interval=0.1)  # fmt: skip
 
-        def idle_over(ms: int) -> bool:
-            # Consumers read at least every 700 ms while running (the read cap
-            # of a pausable worker): idle past that for all, none is reading.
-            rows: Any = client.xinfo_consumers(stream_name, "agents")
-            ours = [r for r in rows if r["name"].startswith(b"browser-")]
-            return bool(ours) and all(int(r["idle"]) > ms for r in ours)
+        def quiet_since(moment: float) -> bool:
+            # No XREADGROUP since `moment` (and none blocked): CLIENT LIST's
+            # idle is the seconds since a connection's last command. Running
+            # consumers read at least every 0.7 s; only the worker reads here.
+            now = time.monotonic()
+            readers = [c for c in client.client_list() if c["cmd"] == "xreadgroup"]
+            return now - moment > 2 and all(
+                "b" not in c["flags"] and int(c["idle"]) > now - moment + 1
+                for c in readers
+            )
 
-        wait_for(lambda: idle_over(1500), timeout=30, interval=0.1)
+        wait_for(lambda: quiet_since(time.monotonic() - 2), timeout=30, interval=0.1)
+        published = time.monotonic()
         client.xadd(
             stream_name, {"type": "order", "timestamp": "1", "data": '{"n": 2}'}
         )
-        wait_for(lambda: idle_over(3000), timeout=30, interval=0.1)
+        wait_for(lambda: quiet_since(published), timeout=30, interval=0.1)
         assert client.lrange("browser:handled", 0, -1) == [b"1"]
         [group] = client.xinfo_groups(stream_name)
         assert group["lag"] == 1

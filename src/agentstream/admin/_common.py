@@ -113,8 +113,10 @@ def one_line(value: str) -> str:
 
 
 def plural(count: int, noun: str) -> str:
-    """``1 dead letter``, ``2 dead letters``."""
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+    """``1 dead letter``, ``2 dead letters``, ``0 entries``."""
+    if count == 1:
+        return f"{count} {noun}"
+    return f"{count} {noun[:-1]}ies" if noun.endswith("y") else f"{count} {noun}s"
 
 
 def duration(ms: int) -> str:
