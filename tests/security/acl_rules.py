@@ -29,6 +29,9 @@ from __future__ import annotations
 
 __all__ = [
     "KEY_PATTERN",
+    "OPERATOR_COMMANDS",
+    "OPERATOR_RULES",
+    "OPERATOR_USER",
     "READONLY_COMMANDS",
     "READONLY_RULES",
     "READONLY_USER",
@@ -93,6 +96,33 @@ READONLY_COMMANDS: tuple[str, ...] = (
     "+xinfo|consumers",
     "+xrange",
     "+xread",
+)
+
+OPERATOR_USER = "agentstream-operator"
+
+#: The read-only commands plus what ``pending claim``/``ack``, ``consumers
+#: remove``, ``group reset``, ``pause``/``resume`` and a console that is not
+#: read-only change (``dlq replay``/``purge`` also need XADD and XDEL).
+OPERATOR_COMMANDS: tuple[str, ...] = (
+    *READONLY_COMMANDS,
+    "+xack",
+    "+xclaim",
+    "+xgroup|delconsumer",
+    "+xgroup|setid",
+    "+set",
+    "+del",
+    "+evalsha",
+    "+script|load",
+    "+script|exists",
+)
+
+#: ``ACL SETUSER agentstream-operator <rules> >password``
+OPERATOR_RULES: tuple[str, ...] = (
+    "reset",
+    "on",
+    "resetchannels",
+    f"~{KEY_PATTERN}",
+    *OPERATOR_COMMANDS,
 )
 
 #: ``ACL SETUSER agentstream-worker <rules> >password``
