@@ -9,6 +9,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,14 @@ pytestmark = pytest.mark.redis
 
 TOKEN = "t0ken-for-the-console-42"
 AGENTSTREAM = Path(sys.executable).parent / "agentstream"
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as reply:
+            return int(reply.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
 
 
 def _basic(user: str, password: str) -> dict[str, str]:
@@ -153,6 +162,11 @@ class TestServer:
                     return False
 
             wait_for(up, timeout=30, interval=0.1, message="console did not come up")
+            # Pages served at once each need a connection: none may fail.
+            paths = ["/", "/partials/overview", "/s/0/dead-letters", "/s/0/tail"] * 8
+            with ThreadPoolExecutor(len(paths)) as pool:
+                statuses = list(pool.map(lambda p: _status(f"http://127.0.0.1:{port}{p}"), paths))  # fmt: skip
+            assert statuses == [200] * len(paths)
             proc.send_signal(signal.SIGTERM)
             out, err = proc.communicate(timeout=30)
         finally:

@@ -35,10 +35,15 @@ def no_group(ops: AdminOps) -> CommandFailed:
 
 
 class Context:
-    """The loaded settings and a connection pool opened on first use."""
+    """The loaded settings and a connection pool opened on first use.
 
-    def __init__(self, settings: Settings) -> None:
+    A command needs few connections; the web console, serving pages at once,
+    passes ``redis.max_connections``.
+    """
+
+    def __init__(self, settings: Settings, max_connections: int = 4) -> None:
         self.settings = settings
+        self._max_connections = max_connections
         self._pool: RedisConnectionPool | None = None
 
     def transport(self, stream: str, group: str = "agents") -> AdminOps:
@@ -48,7 +53,7 @@ class Context:
             self._pool = pool_from_settings(
                 self.settings.redis,
                 socket_timeout_s=SOCKET_TIMEOUT_S,
-                max_connections=4,
+                max_connections=self._max_connections,
             )
         return AdminOps.attach(stream, consumer_group=group, pool=self._pool)
 

@@ -116,7 +116,7 @@ def create_app(settings: Settings, credentials: Credentials) -> Starlette:
     The Redis connection pool opens on first use and closes with the app; the
     rate sampler runs while the app runs.
     """
-    ctx = Context(settings)
+    ctx = Context(settings, max_connections=settings.redis.max_connections)
     subs = list(settings.subscriptions)
     sampler = RateSampler(
         [ctx.transport(s.stream, s.group) for s in subs], settings.web.refresh_s
