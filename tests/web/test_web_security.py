@@ -97,9 +97,13 @@ class TestToken:
             auth = {"Authorization": f"Bearer {TOKEN}"}
             assert client.get("/", headers=auth).status_code == 200
             assert client.get("/", headers={"Authorization": "Bearer nope"}).status_code == 303  # fmt: skip
-            wrong = client.post("/login?next=/s/0/pending", data={"token": "nope"})
+            stale = client.post("/login", data={"token": TOKEN})  # no CSRF token
+            assert stale.status_code == 403
+            assert "agentstream_auth" not in client.cookies
+            csrf = client.cookies.get("agentstream_csrf")
+            wrong = client.post("/login?next=/s/0/pending", data={"token": "nope", "csrf": csrf})  # fmt: skip
             assert wrong.status_code == 401
-            good = client.post("/login?next=/s/0/pending", data={"token": TOKEN})
+            good = client.post("/login?next=/s/0/pending", data={"token": TOKEN, "csrf": csrf})  # fmt: skip
             assert (good.status_code, good.headers["location"]) == (303, "/s/0/pending")
             cookie = client.cookies.get("agentstream_auth")
             assert cookie and TOKEN not in cookie
@@ -116,7 +120,9 @@ class TestToken:
             tmp_path, redis_url, [stream_name], token_file=str(tmp_path / "token")
         )
         with client_for(settings) as client:
-            page = client.post("/login?next=//evil.example/", data={"token": TOKEN})
+            client.get("/login")
+            csrf = client.cookies.get("agentstream_csrf")
+            page = client.post("/login?next=//evil.example/", data={"token": TOKEN, "csrf": csrf})  # fmt: skip
             assert page.headers["location"] == "/"
 
 

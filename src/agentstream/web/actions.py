@@ -7,7 +7,6 @@ operation the CLI uses, and writes an audit line (who, what, how many).
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -20,8 +19,14 @@ from starlette.routing import Route
 
 from agentstream.admin import consumers, dead_letters, pending, subscriptions
 from agentstream.admin._common import CommandFailed, plural
-from agentstream.web.security import CSRF_COOKIE
-from agentstream.web.support import BadInput, Console, console_of, entry_id, render
+from agentstream.web.support import (
+    BadInput,
+    Console,
+    console_of,
+    csrf_ok,
+    entry_id,
+    render,
+)
 
 __all__ = ["routes"]
 
@@ -172,9 +177,7 @@ async def act(request: Request) -> Response:
     if console.settings.web.read_only:
         raise HTTPException(403, "this console is read-only (web.read_only = true)")
     form = await request.form()
-    cookie = request.cookies.get(CSRF_COOKIE, "")
-    sent = str(form.get("csrf", ""))
-    if not cookie or not hmac.compare_digest(cookie, sent):
+    if not csrf_ok(request, form):
         raise HTTPException(403, "the form's CSRF token is missing or stale: reload the page and try again")  # fmt: skip
     action = request.path_params["action"]
     try:

@@ -21,7 +21,7 @@ from agentstream.config import Settings
 from agentstream.web import actions, pages
 from agentstream.web.rates import RateSampler
 from agentstream.web.security import AUTH_COOKIE, CSRF_COOKIE, Credentials
-from agentstream.web.support import Console, render, secure_cookie
+from agentstream.web.support import Console, csrf_ok, render, secure_cookie
 
 __all__ = ["create_app"]
 
@@ -87,6 +87,9 @@ async def _login(request: Request) -> Response:
         target = "/"
     if request.method == "POST":
         form = await request.form()
+        if not csrf_ok(request, form):
+            return render(request, "login.html",
+                          {"error": "the form is stale: try again", "next": target}, 403)  # fmt: skip
         if creds.token is not None and creds.check_token(str(form.get("token", ""))):
             log.info("web_sign_in", who="token", client=_client(request))
             response = RedirectResponse(target, 303)

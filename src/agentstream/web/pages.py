@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlencode
 
 import structlog
 from starlette.exceptions import HTTPException
@@ -203,8 +204,6 @@ async def tail_rows(request: Request) -> Response:
 
 def _query(request: Request, *drop: str) -> str:
     """The request's query string without ``drop`` (for pagination links)."""
-    from urllib.parse import urlencode
-
     kept = [(k, v) for k, v in request.query_params.multi_items() if k not in drop]
     return urlencode(kept)
 

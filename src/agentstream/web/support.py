@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.templating import Jinja2Templates
@@ -17,7 +19,7 @@ from agentstream.config import Settings, SubscriptionSettings, redact_url
 from agentstream.transport.admin_ops import AdminOps
 from agentstream.transport.core import RawFields
 from agentstream.web.rates import RateSampler
-from agentstream.web.security import Credentials, new_csrf_token
+from agentstream.web.security import CSRF_COOKIE, Credentials, new_csrf_token
 
 __all__ = [
     "BadInput",
@@ -138,6 +140,13 @@ def secure_cookie(response: Response, request: Request, name: str, value: str) -
         secure=request.url.scheme == "https",
         path="/",
     )
+
+
+def csrf_ok(request: Request, form: FormData) -> bool:
+    """Whether a form carries the CSRF token of the request's cookie (double submit)."""
+    cookie = request.cookies.get(CSRF_COOKIE, "")
+    sent = str(form.get("csrf", ""))
+    return bool(cookie) and hmac.compare_digest(cookie, sent)
 
 
 def int_param(request: Request, name: str, minimum: int = 0) -> int | None:
