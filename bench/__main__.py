@@ -16,7 +16,7 @@ from typing import Any
 
 from agentstream.config import LogSettings
 from agentstream.logging import configure_logging
-from bench import ROOT
+from bench import results_dir
 from bench.delay import run_delay
 from bench.memory import run_memory
 from bench.reaper_cost import run_reaper
@@ -64,8 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--output",
         type=Path,
-        default=ROOT / "bench" / "results" / "latest.json",
-        help="where the JSON results go (default: %(default)s)",
+        help="where the JSON results go (default: bench/results/local/latest.json)",
+    )
+    parser.add_argument(
+        "--update-results",
+        action="store_true",
+        help="write bench/results/latest.json, the committed results",
     )
     return parser
 
@@ -150,8 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         run.run(sections)
         results = run.as_json()
     print(run.results.tables())
-    write_json(args.output, results)
-    _progress(f"results written to {args.output}")
+    output = args.output or results_dir(args.update_results) / "latest.json"
+    write_json(output, results)
+    _progress(f"results written to {output}")
     return 0
 
 

@@ -41,13 +41,20 @@ from types import FrameType
 from typing import Any
 
 import redis
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
+
+try:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
+except ModuleNotFoundError as _missing:  # the bench extra is optional
+    sys.exit(
+        f"python -m bench.soak needs the bench extra ({_missing.name} is missing): "
+        ".venv/bin/pip install -e '.[bench]'"
+    )
 
 from agentstream.config import LogSettings
 from agentstream.logging import configure_logging
-from bench import GROUP, ROOT
+from bench import GROUP, results_dir
 from bench.cpu import cpu_s, machine_busy_s
 from bench.observe import BenchError, group_state, wait_consumer, wait_drained
 from bench.procs import APP_MODULE, Child, WorkerSpec, bench_module, worker_command
@@ -57,7 +64,6 @@ from bench.workload import add_entries
 
 __all__ = ["main", "plot", "proc_snapshot"]
 
-RESULTS = ROOT / "bench" / "results"
 RATE_STREAM = "bench:soak"
 EVENTS_STREAM = "bench:soak-events"
 RSS_GROWTH_LIMIT_MB = 10.0
@@ -991,6 +997,11 @@ def _parser() -> argparse.ArgumentParser:
         "soak-events.json with --events)",
     )
     parser.add_argument(
+        "--update-results",
+        action="store_true",
+        help="write to the committed bench/results/ (default: bench/results/local/)",
+    )
+    parser.add_argument(
         "--plot-only",
         type=Path,
         metavar="JSON",
@@ -1013,7 +1024,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     events = 1_000_000 if args.million else args.events
     mode = "rate" if events is None else "events"
     default_name = "soak.json" if mode == "rate" else "soak-events.json"
-    output: Path = args.output or RESULTS / default_name
+    output: Path = args.output or results_dir(args.update_results) / default_name
     sample_s = args.sample_s or (5.0 if mode == "rate" else 0.5)
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)

@@ -3,9 +3,11 @@
 An agent run streams its answer as ``token`` events, may call a tool
 (``tool_call``, then ``tool_result``), and ends with ``complete``. Every event
 carries ``data["run_id"]``. ``python -m examples.producer`` publishes such runs.
-An event without a run id, or a tool call without a tool name, cannot succeed
-however often it is retried: its handler raises ``DeadLetter`` to send it to the
-dead-letter stream (``agent_output:dlq``) at once.
+An event without a run id, or a tool call without a tool name or with arguments
+the tool does not take, cannot succeed however often it is retried: its handler
+raises ``DeadLetter`` to send it to the dead-letter stream (``agent_output:dlq``)
+at once. The demo producer's second run has such a tool call (the model wrote
+``q`` where ``search_docs`` takes ``query``), so the example shows a dead letter.
 
 Run it with the example configuration, which names ``examples.agent_app:app``::
 
@@ -29,11 +31,18 @@ import structlog
 from agentstream import DeadLetter, Event
 from agentstream.app import App
 
-__all__ = ["app", "buffers"]
+__all__ = ["TOOLS", "app", "buffers"]
 
 log = structlog.get_logger(__name__)
 
 app = App()
+
+#: The tools the agent may call, with the arguments each one requires.
+TOOLS: dict[str, tuple[str, ...]] = {
+    "get_weather": ("city",),
+    "search_docs": ("query",),
+    "calculator": ("expression",),
+}
 
 #: The tokens received so far for each run still in progress, by run id.
 buffers: dict[str, list[str]] = {}
@@ -60,12 +69,13 @@ def on_tool(event: Event) -> None:
     """Run (or record the result of) a tool; a blocking call, so a plain def.
 
     Raises:
-        DeadLetter: a ``tool_call`` names no tool; retrying cannot fix it.
+        DeadLetter: a ``tool_call`` names no known tool, or lacks an argument
+            the tool requires; retrying cannot fix either.
     """
     run_id = _run_id(event)
     name = event.data.get("name")
-    if event.type == "tool_call" and not name:
-        raise DeadLetter("tool_call without name")
+    if event.type == "tool_call":
+        _check_call(name, event.data.get("args"))
     time.sleep(0.05)  # stands for a blocking tool: an HTTP call, a database query
     if event.type == "tool_call":
         log.info("tool_call", run_id=run_id, tool=name, args=event.data.get("args"))
@@ -73,6 +83,17 @@ def on_tool(event: Event) -> None:
         log.info(
             "tool_result", run_id=run_id, tool=name, result=event.data.get("result")
         )
+
+
+def _check_call(name: object, args: object) -> None:
+    if not name:
+        raise DeadLetter("tool_call without name")
+    if not isinstance(name, str) or name not in TOOLS:
+        raise DeadLetter(f"unknown tool {name!r}")
+    given = args if isinstance(args, dict) else {}
+    for required in TOOLS[name]:
+        if required not in given:
+            raise DeadLetter(f"{name}: missing argument {required!r}")
 
 
 @app.handler("complete")

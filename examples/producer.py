@@ -1,7 +1,9 @@
 """A demo producer: publishes agent runs for ``examples.agent_app`` to handle.
 
 Each run is a few ``token`` events, a ``tool_call``, its ``tool_result``, more
-tokens, and ``complete``, all with the same ``data["run_id"]``::
+tokens, and ``complete``, all with the same ``data["run_id"]``. The second run's
+tool call has an argument the tool does not take, which the worker sends to the
+dead-letter stream::
 
     python -m examples.producer                  # 1 run to redis://localhost:6379/0
     python -m examples.producer --runs 0         # runs until Ctrl-C
@@ -46,7 +48,9 @@ _SCRIPTS: tuple[tuple[str, str, dict[str, Any], dict[str, Any], str], ...] = (
     (
         "Looking that up.",
         "search_docs",
-        {"query": "consumer groups"},
+        # the model got the argument's name wrong: the worker dead-letters
+        # this tool call (examples/agent_app.py), as the example shows
+        {"q": "consumer groups"},
         {"hits": 3, "top": "XREADGROUP reads through a consumer group"},
         " XREADGROUP reads a stream through a consumer group.",
     ),

@@ -15,6 +15,7 @@ from agentstream.config import (
     RedisSettings,
     Settings,
     SubscriptionSettings,
+    env_names,
     load_settings,
     redact_url,
     redacted,
@@ -123,6 +124,41 @@ class TestLoadSettings:
         assert load_settings(None).consumers == 9
         assert load_settings(None, env={}).consumers == 4
 
+    @pytest.mark.parametrize(
+        ("name", "suggested"),
+        [
+            ("AGENTSTREAM_REDIS_URL", "AGENTSTREAM_REDIS__URL"),
+            ("AGENTSTREAM_REAPER_MIN_IDLE_MS", "AGENTSTREAM_REAPER__MIN_IDLE_MS"),
+            ("AGENTSTREAM_CONSUMER", "AGENTSTREAM_CONSUMERS"),
+            ("agentstream_metrics_port", "AGENTSTREAM_METRICS__PORT"),
+        ],
+    )
+    def test_env_name_that_matches_no_setting(self, name: str, suggested: str) -> None:
+        """An AGENTSTREAM_ variable no setting reads is refused, naming the likely one."""
+        with pytest.raises(ConfigError) as info:
+            load_settings(None, env={name: "redis://elsewhere:6379/0"})
+
+        message = str(info.value)
+        assert f"environment variable {name} matches no setting" in message
+        assert f"did you mean {suggested}?" in message
+        assert "elsewhere" not in message  # never the value: it may be a secret
+
+    def test_env_name_far_from_every_setting_gets_no_guess(self) -> None:
+        """A variable like no setting is refused without a misleading suggestion."""
+        with pytest.raises(ConfigError) as info:
+            load_settings(None, env={"AGENTSTREAM_NOT_A_SETTING": "1"})
+
+        assert "matches no setting" in str(info.value)
+        assert "did you mean" not in str(info.value)
+
+    def test_env_names_cover_every_setting(self) -> None:
+        """Each name env_names() lists is read by load_settings, and only those."""
+        names = env_names()
+        assert "AGENTSTREAM_REDIS__PASSWORD_FILE" in names
+        assert "AGENTSTREAM_SUBSCRIPTIONS" in names
+        assert load_settings(None, env={"AGENTSTREAM_LOG__LEVEL": "debug"})
+        assert load_settings(None, env={"OTHER_VAR": "x"}).consumers == 4
+
     def test_subscriptions_from_env_json(self) -> None:
         """A list-valued setting is read from the environment as JSON."""
         env = {"AGENTSTREAM_SUBSCRIPTIONS": '[{"stream": "a"}, {"stream": "b"}]'}
@@ -171,7 +207,7 @@ class TestValidation:
             ("[log]\nlevel = 'loud'\n", "log.level: Input should be"),
             (
                 "[reaper]\nmin_idle_ms = 0\n",
-                "reaper.min_idle_ms: Input should be greater than 0",
+                "reaper.min_idle_ms: Input should be greater than or equal to 10",
             ),
             ("batch_size = 10001\n", "batch_size: Input should be less than"),
             ("[metrics]\nport = 70000\n", "metrics.port: Input should be less"),

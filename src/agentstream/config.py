@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
@@ -41,12 +42,22 @@ __all__ = [
     "Settings",
     "SubscriptionSettings",
     "WebSettings",
+    "env_names",
     "load_settings",
     "redact_url",
     "redacted",
 ]
 
-_SECTION = ConfigDict(frozen=True, extra="forbid")
+# inf and nan pass "gt=0" and then crash or loop the code that uses them.
+_SECTION = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+_DAY_S = 86_400.0
+_TLS_FIELDS = (
+    "ssl_ca_certs",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_cert_reqs",
+    "ssl_check_hostname",
+)
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 _APP_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 _MASK = "***"
@@ -86,8 +97,8 @@ class RedisSettings(BaseModel):
     ssl_keyfile: str | None = None
     ssl_cert_reqs: Literal["required", "optional", "none"] = "required"
     ssl_check_hostname: bool = True
-    socket_connect_timeout_s: float = Field(default=5.0, gt=0)
-    max_connections: int = Field(default=64, ge=1)
+    socket_connect_timeout_s: float = Field(default=5.0, gt=0, le=300)
+    max_connections: int = Field(default=64, ge=1, le=100_000)
 
     _file_password: SecretStr | None = PrivateAttr(default=None)
 
@@ -115,6 +126,17 @@ class RedisSettings(BaseModel):
             if db and not db.isdigit():
                 raise ValueError("the database after the host must be a number")
         return url
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Self:
+        # redis-py would ignore them on a plain connection: no TLS, no word.
+        if self.url.startswith("rediss://"):
+            return self
+        for name in _TLS_FIELDS:
+            if getattr(self, name) != type(self).model_fields[name].default:
+                msg = "applies to TLS only: use a rediss:// url or remove it"
+                raise _field_error(name, msg)
+        return self
 
     @model_validator(mode="after")
     def _read_password_file(self) -> Self:
@@ -161,7 +183,7 @@ class SubscriptionSettings(BaseModel):
     stream: str = Field(min_length=1)
     group: str = Field(default="agents", min_length=1)
     dead_letter_stream: str | None = Field(default=None, min_length=1)
-    dead_letter_max_len: int = Field(default=100_000, ge=1)
+    dead_letter_max_len: int = Field(default=100_000, ge=1, le=2**63 - 1)
 
     @property
     def dead_letter_key(self) -> str:
@@ -185,13 +207,15 @@ class ReaperSettings(BaseModel):
 
     model_config = _SECTION
 
-    interval_s: float = Field(default=5.0, gt=0)
-    min_idle_ms: int = Field(default=60_000, gt=0)
-    batch: int = Field(default=100, gt=0)
-    max_deliveries: int = Field(default=5, ge=1)
-    max_backoff_ms: int = Field(default=3_600_000, gt=0)
-    consumer_ttl_s: float = Field(default=3600.0, gt=0)
-    error_ttl_s: float = Field(default=86400.0, gt=0)
+    # Bounds: what Redis takes (ms as 64-bit integers, TTLs of at least 1 ms)
+    # and what a sweep or a lease can do in a day's terms.
+    interval_s: float = Field(default=5.0, ge=0.01, le=3600)
+    min_idle_ms: int = Field(default=60_000, ge=10, le=7 * 86_400_000)
+    batch: int = Field(default=100, gt=0, le=10_000)
+    max_deliveries: int = Field(default=5, ge=1, le=1_000_000)
+    max_backoff_ms: int = Field(default=3_600_000, gt=0, le=30 * 86_400_000)
+    consumer_ttl_s: float = Field(default=3600.0, ge=0.001, le=365 * _DAY_S)
+    error_ttl_s: float = Field(default=86400.0, ge=0.001, le=365 * _DAY_S)
 
     @model_validator(mode="after")
     def _check_backoff(self) -> Self:
@@ -287,22 +311,24 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         frozen=True,
         extra="forbid",
+        allow_inf_nan=False,
         env_prefix="AGENTSTREAM_",
         env_nested_delimiter="__",
     )
 
     app: str | None = None
-    processes: int = Field(default=1, ge=1)
-    consumers: int = Field(default=4, ge=1)
+    processes: int = Field(default=1, ge=1, le=256)
+    consumers: int = Field(default=4, ge=1, le=1000)
     batch_size: int = Field(default=100, ge=1, le=10_000)
-    block_ms: int = Field(default=2000, ge=1)
-    ack_interval_ms: int = Field(default=50, ge=1)
-    handler_timeout_s: float = Field(default=300.0, gt=0)
-    shutdown_timeout_s: float = Field(default=30.0, gt=0)
-    sync_threads: int = Field(default=40, ge=1)
+    block_ms: int = Field(default=2000, ge=1, le=86_400_000)
+    ack_interval_ms: int = Field(default=50, ge=1, le=60_000)
+    handler_timeout_s: float = Field(default=300.0, ge=0.001, le=7 * _DAY_S)
+    shutdown_timeout_s: float = Field(default=30.0, ge=0.001, le=_DAY_S)
+    sync_threads: int = Field(default=40, ge=1, le=10_000)
     unhandled: Literal["ack", "dead_letter"] = "ack"
     name_prefix: str | None = Field(default=None, min_length=1)
-    name_lease_s: float = Field(default=30.0, gt=0)
+    # Renewed every third of it: under a second, one slow round trip loses it.
+    name_lease_s: float = Field(default=30.0, ge=1, le=_DAY_S)
     subscriptions: list[SubscriptionSettings] = Field(
         default_factory=lambda: [SubscriptionSettings(stream="agent_output")],
         min_length=1,
@@ -330,6 +356,19 @@ class Settings(BaseSettings):
             first = seen.setdefault((sub.stream, sub.group), index)
             if first != index:
                 msg = f"entry {index} repeats the stream and group of entry {first}"
+                raise ValueError(msg)
+        # A dead letter written to a subscribed stream is read again, fails
+        # again, and is written again, without end; its length cap would trim
+        # the events other groups have not read.
+        streams = {sub.stream: index for index, sub in enumerate(subs)}
+        for index, sub in enumerate(subs):
+            other = streams.get(sub.dead_letter_key)
+            if other is not None:
+                where = "its own" if other == index else f"entry {other}'s"
+                msg = (
+                    f"entry {index}: dead_letter_stream {sub.dead_letter_key!r} "
+                    f"is {where} stream; dead letters need a stream of their own"
+                )
                 raise ValueError(msg)
         return subs
 
@@ -401,6 +440,7 @@ def load_settings(
     file = None if path is None else Path(path)
     if file is not None and not file.is_file():
         raise ConfigError(f"config file not found: {file}")
+    _check_env_names(os.environ if env is None else env)
     token = _REQUEST.set((file, env))
     try:
         return Settings()
@@ -419,6 +459,47 @@ def load_settings(
         raise ConfigError(f"{name}: cannot parse the environment value") from None
     finally:
         _REQUEST.reset(token)
+
+
+_ENV_PREFIX = "AGENTSTREAM_"
+
+
+def env_names() -> list[str]:
+    """Every environment variable name a setting reads, e.g. ``AGENTSTREAM_REDIS__URL``.
+
+    Returns:
+        The names in upper case: one per top-level setting, and one per field
+        of each section (``__`` between the section and the field).
+    """
+    names = []
+    for name, field in Settings.model_fields.items():
+        names.append(f"{_ENV_PREFIX}{name.upper()}")
+        section = field.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            names += [
+                f"{_ENV_PREFIX}{name.upper()}__{sub.upper()}"
+                for sub in section.model_fields
+            ]
+    return names
+
+
+def _check_env_names(env: Mapping[str, str]) -> None:
+    # pydantic-settings ignores an AGENTSTREAM_ variable that names no field
+    # (AGENTSTREAM_REDIS_URL, one underscore), leaving the default in force.
+    known = env_names()
+    for name in sorted(env):
+        upper = name.upper()
+        if not upper.startswith(_ENV_PREFIX) or upper in known:
+            continue
+        # Compared without the prefix, which every name shares.
+        tails = [k.removeprefix(_ENV_PREFIX) for k in known]
+        tail = upper.removeprefix(_ENV_PREFIX)
+        close = difflib.get_close_matches(tail, tails, n=1, cutoff=0.6)
+        hint = f"; did you mean {_ENV_PREFIX}{close[0]}?" if close else ""
+        raise ConfigError(
+            f"environment variable {name} matches no setting{hint} "
+            "(AGENTSTREAM_ prefix, '__' between a section and its key)"
+        )
 
 
 def _describe(exc: ValidationError) -> str:

@@ -10,6 +10,7 @@ __all__ = [
     "DeadLetter",
     "HandlerConflict",
     "PermissionDenied",
+    "Refused",
     "Retry",
     "StartupError",
     "TransportError",
@@ -51,8 +52,29 @@ class AuthenticationError(TransportError):
     """Redis refused the credentials (wrong password or unknown user)."""
 
 
-class PermissionDenied(TransportError):
+class Refused(TransportError):
+    """Redis answered but refused the command: it is not down, and retrying the
+    same command will fail the same way until an operator acts.
+
+    Attributes:
+        reason: the error code Redis gave: ``"OOM"`` (``maxmemory`` reached with
+            ``noeviction``), ``"READONLY"`` (a replica), ``"MISCONF"`` (writes
+            stopped after a failed save), ``"BUSY"`` (a script runs too long),
+            ``"NOPERM"`` (the ACL), ``"NOREPLICAS"``, ``"MASTERDOWN"``.
+    """
+
+    def __init__(
+        self, message: str, operation: str = "other", reason: str = ""
+    ) -> None:
+        super().__init__(message, operation)
+        self.reason = reason or "refused"
+
+
+class PermissionDenied(Refused):
     """Redis refused a command for the ACL user (NOPERM)."""
+
+    def __init__(self, message: str, operation: str = "other") -> None:
+        super().__init__(message, operation, "NOPERM")
 
 
 class StartupError(Exception):

@@ -361,3 +361,16 @@ class TestTargetAndJson:
             "agentstream: the web console needs the 'web' extra (uvicorn is "
             "missing): pip install 'agentstream[web]'\n"
         )
+
+
+class TestMissingGroup:
+    def test_listings_of_a_missing_group_are_empty(
+        self, capsys: pytest.CaptureFixture[str], config: Path
+    ) -> None:
+        """pending and consumers list say there is no group and exit 0, as stats does."""
+        for argv in (["pending", "list"], ["consumers", "list"]):
+            status, out, _ = admin(capsys, "--config", str(config), *argv, "--stream", "absent")  # fmt: skip
+            assert (status, out) == (0, "no group agents on absent (no stream, or not created yet)\n")  # fmt: skip
+            status, out, _ = admin(capsys, "--config", str(config), *argv, "--stream", "absent", "--json")  # fmt: skip
+            assert status == 0
+            assert json.loads(out)["group_exists"] is False

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry as RedisRetry
@@ -74,6 +75,7 @@ __all__ = [
     "events_total",
     "http_status",
     "live_consumer_names",
+    "make_chaos_fixture",
     "metric_samples",
     "outcome",
     "print_report",
@@ -586,6 +588,15 @@ def chaos_worlds(
     finally:
         for world in made:
             world.close()
+
+
+@pytest.fixture(name="make_chaos")
+def make_chaos_fixture(
+    tmp_path: Path, redis_url: str, stream_name: str
+) -> Iterator[Callable[[str], Chaos]]:
+    """The ``make_chaos`` fixture: import it into a test module to use it."""
+    with chaos_worlds(tmp_path, redis_url, stream_name) as make:
+        yield make
 
 
 def live_consumer_names(worker: WorkerProcess) -> list[str]:

@@ -673,15 +673,34 @@ class TestSignals:
         )
         signalled = time.monotonic()
         worker.terminate()
-        worker.wait(10)
+        status = worker.wait(10)
         elapsed = time.monotonic() - signalled
         assert elapsed < 2.0, f"second SIGTERM: exit took {elapsed:.2f}s"
+        assert status == 128 + signal.SIGTERM, worker.tail()  # forced: non-zero
         assert pending_count(e2e.client, e2e.stream) == 2
         assert e2e.recorder.handled() == {}
 
+        # The forced worker released its names: a restart takes them back at
+        # once and finishes its own pending entries.
         again = e2e.start(config)
         _wait(_all_handled(e2e, keys), 20, "handled by the next worker", again)
         _wait(_drained(e2e), 10, "group drained", again)
+        events = [r.get("event") for r in again.logs()]
+        assert "consumer_name_taken" not in events, again.tail()
+
+    def test_sighup_is_a_graceful_stop(self, e2e: E2E) -> None:
+        """SIGHUP is logged and drains like SIGTERM: in-flight handlers finish, exit 0."""
+        config = e2e.write_config({"consumers": 1, "batch_size": 1})
+        xadd_events(e2e.client, e2e.stream, "slow", [{"n": "a", "s": 1.0}])
+        worker = e2e.start(config)
+        _wait(_started(e2e, ["a"]), 20, "the slow handler running", worker)
+
+        worker.send_signal(signal.SIGHUP)
+        assert worker.wait(15) == EXIT_OK, worker.tail()
+        assert e2e.recorder.handled() == {"a": 1}
+        assert pending_count(e2e.client, e2e.stream) == 0
+        received = [r for r in worker.logs() if r.get("event") == "signal_received"]
+        assert [r["signal"] for r in received] == ["SIGHUP"], worker.tail()
 
     def test_ctrl_c_on_the_process_group_is_one_graceful_shutdown(
         self, e2e: E2E
@@ -858,6 +877,21 @@ class TestCheck:
             assert name in output, f"handler {name} not listed"
         assert e2e.stream in output, "the resolved config is not printed"
         assert "Traceback" not in output
+
+    def test_check_is_read_only_and_lists_unhandled_types(self, e2e: E2E) -> None:
+        """--check creates no stream or group, and names recent types no handler takes."""
+        config = e2e.write_config({"app": f"{APP_MODULE}:other_app"})
+        status, worker = e2e.run(["--config", str(config), "--check"])
+        assert status == EXIT_OK, worker.tail()
+        assert not e2e.client.exists(e2e.stream), "--check created the stream"
+        assert "no group yet (created at start)" in worker.stdout()
+
+        e2e.client.xadd(e2e.stream, {"type": "tool-call", "data": "{}"})
+        e2e.client.xadd(e2e.stream, {"type": "tool-call", "data": "{}"})
+        status, worker = e2e.run(["--config", str(config), "--check"])
+        assert status == EXIT_OK, worker.tail()
+        assert "that no handler takes: 'tool-call' (2)" in worker.stdout()
+        assert not e2e.client.xinfo_groups(e2e.stream), "--check created the group"
 
     def test_check_with_app_option_uses_that_app(self, e2e: E2E) -> None:
         """--app overrides the config's app: --check lists that app's handlers only."""

@@ -25,6 +25,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,7 @@ __all__ = [
     "dead_letters_raw",
     "deep_merge",
     "drained",
+    "http_get",
     "is_gone",
     "pending_count",
     "publish_raw",
@@ -629,6 +632,22 @@ class Recorder:
     def cancelled(self, key: object) -> list[int]:
         rows: list[Any] = self._client.lrange(f"{self.prefix}cancelled:{key}", 0, -1)
         return [int(r) for r in rows]
+
+
+# -- probing the metrics port ---------------------------------------------------------
+
+
+def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int | None, str]:
+    """Status and body of GET ``path`` on 127.0.0.1; None when nothing answers."""
+    try:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{port}{path}", timeout=timeout
+        ) as response:
+            return int(response.status), response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:
+        return None, ""
 
 
 # -- publishing and inspecting -------------------------------------------------------

@@ -16,7 +16,14 @@ import anyio
 import pytest
 import redis.asyncio as aioredis
 
-from agentstream import App, Event, RedisStreamTransport, Settings, __version__
+from agentstream import (
+    App,
+    DeadLetter,
+    Event,
+    RedisStreamTransport,
+    Settings,
+    __version__,
+)
 from agentstream.config import RedisSettings
 from agentstream.errors import StartupError
 from agentstream.observe.counts import FAILED, MAX_TYPES, OK, SweepResult, Tally
@@ -89,7 +96,7 @@ class TestCollectors:
     def test_tally_sweep_and_restarts(self) -> None:
         """Tallies add up per type and outcome, with histograms; restarts are deltas."""
         registry = CollectorRegistry()
-        metrics = Metrics(registry)
+        metrics = Metrics(registry, {"token", "tool_call"})
         tally = Tally()
         tally.count("token", OK, 3)
         tally.count("tool_call", FAILED)
@@ -205,20 +212,31 @@ class TestGroupStats:
             await client.xadd(f"{stream_name}:dlq", {"n": "x"})
 
             stats = await collect_group_stats(transport, f"{stream_name}:dlq")
-            assert stats == GroupStats(4, 4, 0, 0.0, 0, 1)
+            assert stats == GroupStats(4, 4, 0, 0.0, 0, 1, stats.lag_age_s)
+            # the oldest undelivered entry is the one of a minute ago
+            assert stats.lag_age_s is not None and 59 <= stats.lag_age_s < 120
 
             # One entry (the oldest) read and never acknowledged.
             await transport.aread_batch("c", 1, None)
             stats = await collect_group_stats(transport, f"{stream_name}:dlq")
             assert (stats.lag, stats.pending, stats.consumers) == (3, 1, 1)
             assert 59 <= stats.oldest_pending_age_s < 120
+            assert stats.lag_age_s is not None and stats.lag_age_s < 59
+
+            # All read: nothing undelivered, a lag age of 0.
+            await transport.aread_batch("c", 10, None)
+            stats = await collect_group_stats(transport, f"{stream_name}:dlq")
+            assert (stats.lag, stats.lag_age_s) == (0, 0.0)
 
             # Deleting an undelivered entry leaves Redis unable to tell the lag.
+            await client.xadd(stream_name, {"n": "4"})
+            await client.xadd(stream_name, {"n": "5"})
             last: Any = await client.xrevrange(stream_name, count=1)
             await client.xdel(stream_name, last[0][0])
             stats = await collect_group_stats(transport, f"{stream_name}:dlq")
             assert stats.lag is None
-            assert stats.length == 3
+            assert stats.length == 5
+            assert stats.lag_age_s is not None and stats.lag_age_s < 59
         finally:
             await client.delete(stream_name, f"{stream_name}:dlq")
             await pool.aclose()
@@ -228,6 +246,74 @@ class TestGroupStats:
 @pytest.mark.redis
 class TestServedBySupervisor:
     """A supervisor in-process serving /metrics, /healthz and /readyz on port 0."""
+
+    async def test_labels_stay_bounded_with_1000_types_and_reasons(
+        self, redis_url: str, stream_name: str, client: aioredis.Redis
+    ) -> None:
+        """1,000 producer-chosen types and 1,000 dead-letter reasons: few series.
+
+        ``type`` is the type only for those with a handler of their own (else
+        ``other``), ``reason`` one of a fixed set; the free text stays in the
+        dead-letter entries.
+        """
+        app = App()
+
+        @app.handler("known")
+        async def known(event: Event) -> None:
+            pass
+
+        @app.handler("*")
+        async def anything(event: Event) -> None:
+            if event.type.startswith("dl-"):
+                raise DeadLetter(f"reason {event.data['n']}: " + "x" * 1000)
+
+        producer = RedisStreamTransport(stream_name, redis_url=redis_url)
+        supervisor = Supervisor(
+            make_settings(redis_url, stream_name, batch_size=500),
+            app,
+            handle_signals=False,
+        )
+        n = 1000
+        with anyio.fail_after(90):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(supervisor.run)
+                await supervisor.started.wait()
+                port = supervisor.metrics_port
+                assert port is not None
+                pipe = client.pipeline(transaction=False)
+                for i in range(n):
+                    pipe.xadd(stream_name, {"type": f"t-{i}", "data": "{}"})
+                    pipe.xadd(stream_name, {"type": f"dl-{i}", "data": f'{{"n": {i}}}'})
+                pipe.xadd(stream_name, {"type": "known", "data": "{}"})
+                await pipe.execute()
+
+                async def all_counted() -> bool:
+                    _, text = await afetch(port, "/metrics")
+                    ok = sample(text, "agentstream_events_total", outcome="ok")
+                    dead = sample(
+                        text, "agentstream_dead_lettered_total", reason="handler"
+                    )
+                    return ok == n and dead == n
+
+                await await_for(all_counted, timeout=60)
+                _, text = await afetch(port, "/metrics")
+                supervisor.stop()
+        events = [
+            ln for ln in text.splitlines() if ln.startswith("agentstream_events_total{")
+        ]
+        types = {re.search(r'type="([^"]*)"', ln).group(1) for ln in events}  # type: ignore[union-attr]
+        assert types == {"known", "other"}, types
+        assert len(events) == 3  # known/ok, other/ok, other/dead_letter
+        dead = [
+            ln
+            for ln in text.splitlines()
+            if ln.startswith("agentstream_dead_lettered_total{")
+        ]
+        assert len(dead) == 1 and 'reason="handler"' in dead[0], dead
+        assert len(text) < 50_000, len(text)  # one scrape stays small
+        assert await client.xlen(f"{stream_name}:dlq") == n  # free text kept there
+        await producer.adelete()
+        await producer.aclose()
 
     async def test_events_counted_and_probes_ok(
         self, redis_url: str, stream_name: str, client: aioredis.Redis
@@ -264,6 +350,15 @@ class TestServedBySupervisor:
                 _, text = await afetch(port, "/metrics")
                 labels = {"stream": stream_name, "group": "agents"}
                 assert sample(text, "agentstream_group_lag", **labels) == 0
+                assert sample(text, "agentstream_group_lag_seconds", **labels) == 0
+                assert sample(text, "agentstream_worker_ready") == 1
+                assert sample(text, "agentstream_redis_up") == 1
+                contact = sample(
+                    text, "agentstream_redis_last_contact_timestamp_seconds"
+                )
+                assert contact is not None and contact > time.time() - 60
+                assert sample(text, "process_resident_memory_bytes")
+                assert sample(text, "process_open_fds")
                 assert sample(text, "agentstream_group_lag_unknown", **labels) == 0
                 assert sample(text, "agentstream_group_pending", **labels) == 0
                 length = sample(text, "agentstream_stream_length", stream=stream_name)

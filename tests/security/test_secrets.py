@@ -241,6 +241,22 @@ def test_wrong_password_is_refused_without_showing_it(
         _assert_clean(f"{argv[-1]} stdout", proc.stdout, NEEDLE, WRONG_NEEDLE)
 
 
+def test_missing_password_names_the_setting(e2e: E2E, server: RedisServer) -> None:
+    """No password for a Redis that needs one: one line naming redis.password_file."""
+    config = _config(e2e, {"url": _plain_url(server)})
+    for argv, expected in (
+        ([WORKER, "--config", str(config)], EXIT_START),
+        ([WORKER, "--config", str(config), "--check"], EXIT_START),
+        ([CLI, "--config", str(config), "stats"], EXIT_FAILED),
+    ):
+        proc = run(argv, cwd=e2e.dir, env=_env(e2e))
+        assert proc.returncode == expected, proc.stderr
+        line = one_error_line(proc)
+        assert "requires a password and none was given" in line, line
+        assert "redis.password_file" in line, line
+        assert "HELLO" not in line, line
+
+
 def test_check_with_unreachable_redis_does_not_show_the_password(
     e2e: E2E, server: RedisServer
 ) -> None:

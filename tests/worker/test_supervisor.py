@@ -9,10 +9,13 @@ from typing import Any
 import anyio
 import pytest
 import redis.asyncio as aioredis
+import structlog
+import structlog.testing
 
 from agentstream import App, Event, RedisStreamTransport, Settings
 from agentstream.transport.pool import pool_from_settings
 from agentstream.transport.worker_ops import WorkerOps
+from agentstream.worker import unhandled
 from agentstream.worker.consumer import RETRY_CONSUMER
 from agentstream.worker.reaper import Reaper
 from agentstream.worker.supervisor import Supervisor
@@ -298,3 +301,45 @@ class TestSubscriptions:
                 supervisor.stop()
         assert sorted(seen) == [("first", stream_name), ("second", other)]
         await client.delete(stream_name, other)
+
+
+class TestUnhandledTypes:
+    async def test_each_unhandled_type_is_logged_once_at_warning(
+        self,
+        redis_url: str,
+        stream_name: str,
+        client: aioredis.Redis,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """A handler registered under a typo: one warning per unhandled type."""
+        capture = structlog.testing.CapturingLogger()
+        monkeypatch.setattr(
+            unhandled, "log", structlog.wrap_logger(capture, processors=[])
+        )
+        monkeypatch.setattr(unhandled, "_PROCESS", unhandled.UnhandledTypes())
+        app = App()
+        handled: list[int] = []
+
+        @app.handler("tool-call")  # the producer sends "tool_call"
+        async def on_tool_call(event: Event) -> None:
+            handled.append(event.data["n"])
+
+        producer = RedisStreamTransport(stream_name, redis_url=redis_url)
+        for n in range(20):
+            producer.publish("tool_call", {"n": n})
+            producer.publish("handoff", {"n": n})
+        supervisor = Supervisor(
+            make_settings(redis_url, stream_name), app, handle_signals=False
+        )
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(supervisor.run)
+                await await_for(lambda: _zero_pending(client, stream_name), timeout=10)
+                await await_for(lambda: len(capture.calls) >= 2, timeout=10)
+                supervisor.stop()
+        warned = [(c.method_name, c.kwargs["type"]) for c in capture.calls]
+        assert sorted(warned) == [("warning", "handoff"), ("warning", "tool_call")]
+        assert capture.calls[0].kwargs["event"] == "event_type_unhandled"
+        assert handled == []
+        producer.delete()
+        producer.close()

@@ -28,6 +28,18 @@ def _ops(args: argparse.Namespace, ctx: Context) -> AdminOps:
     return ctx.transport(sub.stream, sub.group)
 
 
+async def _group_exists(ops: AdminOps, as_json: bool, key: str) -> bool:
+    """Whether the group exists; if not, say so as an empty listing (like stats)."""
+    if await ops.agroup_info() is not None:
+        return True
+    if as_json:
+        out(json.dumps({"stream": ops.stream, "group": ops.group,
+                        "group_exists": False, key: []}))  # fmt: skip
+    else:
+        out(f"no group {ops.group} on {ops.stream} (no stream, or not created yet)")
+    return False
+
+
 # -- pending ---------------------------------------------------------------------
 
 
@@ -39,6 +51,8 @@ async def run_pending_list(args: argparse.Namespace, ctx: Context) -> int:
         args.consumer, args.min_idle_ms, args.min_deliveries, start
     )
     limit = args.count or _LIST_DEFAULT
+    if not await _group_exists(ops, args.json, "entries"):
+        return 0
     page = await pending.find(ops, filters, limit, scan_limit=1_000_000)
     if args.json:
         rows = [
@@ -148,6 +162,8 @@ async def run_pending_ack(args: argparse.Namespace, ctx: Context) -> int:
 async def run_consumers_list(args: argparse.Namespace, ctx: Context) -> int:
     """List a group's consumers with their owning worker."""
     ops = _ops(args, ctx)
+    if not await _group_exists(ops, args.json, "consumers"):
+        return 0
     rows = await consumers.list_consumers(ops)
     if args.json:
         listed = [

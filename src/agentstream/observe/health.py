@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 import anyio
@@ -11,10 +15,15 @@ import anyio
 __all__ = [
     "HEARTBEAT_INTERVAL_S",
     "HEARTBEAT_STALE_S",
+    "STATUS_DIR_ENV",
     "Check",
     "Health",
     "Heartbeat",
+    "ProcessStatus",
+    "check_children",
     "check_loops",
+    "read_status",
+    "write_status",
 ]
 
 #: A probe: whether the condition holds, and why (or why not).
@@ -105,3 +114,81 @@ class Health:
             ],
         )
         return [body]
+
+
+# -- several worker processes --------------------------------------------------
+
+#: Where a multi-process parent's children write their status files.
+STATUS_DIR_ENV = "AGENTSTREAM_STATUS_DIR"
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessStatus:
+    """What one worker process says of itself, written every heartbeat.
+
+    ``at`` is a ``time.monotonic()`` value (one clock for every process of the
+    machine): a child whose event loop stops (SIGSTOP, a blocking call) stops
+    writing, and its status goes stale.
+    """
+
+    pid: int
+    at: float
+    started: bool
+    live: bool
+    live_reason: str
+    ready: bool
+    ready_reason: str
+
+
+def write_status(path: Path, status: ProcessStatus) -> None:
+    """Replace ``path`` with ``status`` atomically (write, then rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(asdict(status)), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_status(path: Path) -> ProcessStatus | None:
+    """The status in ``path``, or None when it is missing or unreadable."""
+    try:
+        return ProcessStatus(**json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def check_children(
+    children: dict[int, tuple[int, ProcessStatus | None]],
+    expected: int,
+    now: float | None = None,
+) -> tuple[tuple[bool, str], tuple[bool, str], bool]:
+    """Liveness, readiness, and whether all reached Redis, from children's statuses.
+
+    ``children`` maps a process index to its pid and last status. A child that
+    has not written yet (just started) counts as live but not ready; a status
+    older than ``HEARTBEAT_STALE_S`` means a stuck or stopped child.
+    """
+    now = time.monotonic() if now is None else now
+    dead: list[str] = []
+    unready: list[str] = []
+    started = len(children) == expected
+    for index in range(expected):
+        if index not in children:
+            unready.append(f"process {index}: not running")
+            continue
+        pid, status = children[index]
+        if status is None or status.pid != pid:
+            unready.append(f"process {index}: starting")
+            started = False
+            continue
+        age = now - status.at
+        if age > HEARTBEAT_STALE_S:
+            dead.append(f"process {index} (pid {pid}) unresponsive for {age:.1f}s")
+            unready.append(f"process {index}: unresponsive")
+            continue
+        started = started and status.started
+        if not status.live:
+            dead.append(f"process {index}: {status.live_reason}")
+        if not status.ready:
+            unready.append(f"process {index}: {status.ready_reason}")
+    live = (False, "; ".join(dead)) if dead else (True, "ok")
+    ready = (False, "; ".join(unready)) if unready else (True, "ok")
+    return live, ready, started

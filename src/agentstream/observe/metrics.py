@@ -2,24 +2,42 @@
 
 from __future__ import annotations
 
+import math
+import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 from wsgiref.types import WSGIApplication
 
 import anyio
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    multiprocess,
+)
 from prometheus_client import make_wsgi_app as _make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client.metrics_core import Metric
 
 from agentstream._version import __version__
-from agentstream.observe.counts import BUCKETS_S, OUTCOMES, SweepResult, Tally
+from agentstream.observe.counts import (
+    BUCKETS_S,
+    OTHER,
+    OUTCOMES,
+    UNKNOWN_TYPE,
+    SweepResult,
+    Tally,
+)
 
 __all__ = [
+    "DEAD_LETTER_REASONS",
     "OUTCOMES",
     "CollectorRegistry",
     "GroupStats",
@@ -29,6 +47,11 @@ __all__ = [
 ]
 
 _GROUP = ("stream", "group")
+
+#: The ``reason`` label values of ``agentstream_dead_lettered_total``. A
+#: handler's own ``DeadLetter(reason)`` text is free (it goes to the log and the
+#: dead-letter entry); its label is ``handler``.
+DEAD_LETTER_REASONS = ("handler", "max_deliveries", "malformed", "unhandled")
 # Sweeps also handle what they claim, so they can take as long as handlers do.
 _SWEEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
@@ -43,12 +66,25 @@ class GroupStats:
     oldest_pending_age_s: float
     consumers: int
     dead_letter_length: int
+    #: Age of the oldest entry not yet delivered to the group, from its id;
+    #: 0 when the group has read everything, None when it cannot be told.
+    lag_age_s: float | None = 0.0
 
 
 class Metrics:
-    """The worker's collectors, registered on the registry it is given."""
+    """The worker's collectors, registered on the registry it is given.
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    Labels stay bounded for the life of the process, whatever producers send:
+    ``type`` is the event type only for the types in ``event_types`` (those
+    with a handler of their own), else ``other`` (``unknown`` for entries with
+    no readable type); ``reason`` is one of `DEAD_LETTER_REASONS`.
+    """
+
+    def __init__(
+        self, registry: CollectorRegistry, event_types: Collection[str] = ()
+    ) -> None:
+        self._types = frozenset(event_types) | {UNKNOWN_TYPE}
+
         def counter(name: str, doc: str, labels: tuple[str, ...] = _GROUP) -> Counter:
             return Counter(name, doc, labels, registry=registry)
 
@@ -58,7 +94,9 @@ class Metrics:
             name: str,
             doc: str,
             labels: tuple[str, ...] = _GROUP,
-            mode: Literal["mostrecent", "max", "livesum"] = "mostrecent",
+            mode: Literal[
+                "mostrecent", "max", "livesum", "livemin", "livemax"
+            ] = "mostrecent",
         ) -> Gauge:
             return Gauge(name, doc, labels, registry=registry, multiprocess_mode=mode)
 
@@ -86,6 +124,27 @@ class Metrics:
             "Redis commands that failed, by operation.",
             ("operation",),
             registry=registry,
+        )
+        self.redis_refusals = Counter(
+            "agentstream_redis_refusals_total",
+            "Commands Redis answered but refused, by its error code (OOM, "
+            "READONLY, MISCONF, BUSY, NOPERM...).",
+            ("reason",),
+            registry=registry,
+        )
+        self.redis_up = gauge(
+            "agentstream_redis_up",
+            "1 while Redis answers, 0 while it cannot be reached (the lowest of "
+            "all live processes).",
+            (),
+            "livemin",
+        )
+        self.redis_refusing = gauge(
+            "agentstream_redis_refusing",
+            "1 while Redis refused a command within the last minute, by code "
+            "(the highest of all live processes).",
+            ("reason",),
+            "livemax",
         )
         self.redis_reconnects = Counter(
             "agentstream_redis_reconnects_total",
@@ -120,6 +179,11 @@ class Metrics:
             "agentstream_group_lag",
             "Entries not yet delivered to the group (absent while unknown).",
         )
+        self.lag_age = gauge(
+            "agentstream_group_lag_seconds",
+            "Age of the oldest entry not yet delivered to the group, from its id "
+            "(absent while unknown); 0 when the group has read everything.",
+        )
         self.lag_unknown = gauge(
             "agentstream_group_lag_unknown",
             "1 when Redis cannot tell the group's lag (entries deleted), else 0.",
@@ -153,36 +217,71 @@ class Metrics:
             (),
             "livesum",
         )
+        self.ready = gauge(
+            "agentstream_worker_ready",
+            "1 when the worker is ready (as /readyz), else 0.",
+            (),
+            "livemin",
+        )
+        self.redis_last_contact = gauge(
+            "agentstream_redis_last_contact_timestamp_seconds",
+            "Unix time of the last command Redis answered.",
+            (),
+            "max",
+        )
+        # CPU, memory, open descriptors of this process (Linux /proc), as
+        # prometheus_client.start_http_server would add by default.
+        ProcessCollector(registry=registry)
         build = gauge(
             "agentstream_build_info", "agentstream version.", ("version",), "max"
         )
         build.labels(__version__).set(1)
         self._restarts_seen = 0
+        self._refusing_seen: set[tuple[str]] = set()
+        self.redis_up.set(1)
 
     def record_tally(self, stream: str, group: str, tally: Tally) -> None:
         """Add what a consumer counted (a ``Tally.take()``) to the totals."""
         age_buckets = [0] * (len(BUCKETS_S) + 1)
         age_sum = 0.0
         for event_type, counts in tally.types.items():
+            label = event_type if event_type in self._types else OTHER
             for outcome, n in zip(OUTCOMES, counts.counts, strict=True):
                 if n:
-                    self.events.labels(stream, group, event_type, outcome).inc(n)
+                    self.events.labels(stream, group, label, outcome).inc(n)
             if any(counts.duration):
-                child = self.handler_duration.labels(stream, group, event_type)
+                child = self.handler_duration.labels(stream, group, label)
                 _add_buckets(child, counts.duration, counts.duration_sum)
             age_buckets = [a + b for a, b in zip(age_buckets, counts.age, strict=True)]
             age_sum += counts.age_sum
         if any(age_buckets):
             _add_buckets(self.event_age.labels(stream, group), age_buckets, age_sum)
         for reason, n in tally.dead_letter_reasons.items():
-            self.dead_lettered.labels(stream, group, reason).inc(n)
+            label = reason if reason in DEAD_LETTER_REASONS else "handler"
+            self.dead_lettered.labels(stream, group, label).inc(n)
 
-    def record_redis(self, errors: dict[str, int], reconnects: int) -> None:
-        """Add Redis failures by operation and recoveries since the last call."""
+    def record_redis(
+        self,
+        errors: dict[str, int],
+        reconnects: int,
+        refusals: dict[str, int] | None = None,
+    ) -> None:
+        """Add Redis failures by operation, recoveries and refusals by code."""
         for operation, n in errors.items():
             self.redis_errors.labels(operation).inc(n)
         if reconnects:
             self.redis_reconnects.inc(reconnects)
+        for reason, n in (refusals or {}).items():
+            self.redis_refusals.labels(reason).inc(n)
+
+    def set_redis_state(self, up: bool, refusing: str | None) -> None:
+        """Set ``agentstream_redis_up`` and which refusal code is current."""
+        self.redis_up.set(1 if up else 0)
+        for (reason,) in list(self._refusing_seen):
+            self.redis_refusing.labels(reason).set(1 if reason == refusing else 0)
+        if refusing is not None and (refusing,) not in self._refusing_seen:
+            self._refusing_seen.add((refusing,))
+            self.redis_refusing.labels(refusing).set(1)
 
     def record_sweep(self, stream: str, group: str, result: SweepResult) -> None:
         """Record what one reaper sweep did and how long it took."""
@@ -194,11 +293,20 @@ class Metrics:
         """Set the backlog gauges of one group from a ``GroupStats``."""
         if stats.lag is None:
             # A 0 would claim "caught up"; no sample says "unknown" honestly.
-            self.lag.remove(stream, group)
+            # A child of a multi-process parent cannot remove a series from its
+            # value file: it writes NaN, which the parent's collector drops.
+            if os.environ.get(MULTIPROC_ENV):
+                self.lag.labels(stream, group).set(math.nan)
+            else:
+                _remove(self.lag, stream, group)
             self.lag_unknown.labels(stream, group).set(1)
         else:
             self.lag.labels(stream, group).set(stats.lag)
             self.lag_unknown.labels(stream, group).set(0)
+        if stats.lag_age_s is None:
+            _remove(self.lag_age, stream, group)
+        else:
+            self.lag_age.labels(stream, group).set(stats.lag_age_s)
         self.pending.labels(stream, group).set(stats.pending)
         self.oldest_pending_age.labels(stream, group).set(stats.oldest_pending_age_s)
         self.consumers.labels(stream, group).set(stats.consumers)
@@ -218,6 +326,21 @@ class Metrics:
     def set_in_flight(self, n: int) -> None:
         """Set the number of entries read and not yet acknowledged."""
         self.in_flight.set(n)
+
+    def set_state(self, ready: bool, redis_up: bool, last_contact_s: float) -> None:
+        """Set readiness, whether Redis answers, and when it last did (Unix s)."""
+        self.ready.set(1 if ready else 0)
+        self.redis_up.set(1 if redis_up else 0)
+        if last_contact_s:
+            self.redis_last_contact.set(last_contact_s)
+
+
+def _remove(gauge: Gauge, *labels: str) -> None:
+    # Gauge.remove raises KeyError for a series never set.
+    try:
+        gauge.remove(*labels)
+    except KeyError:
+        pass
 
 
 def _add_buckets(child: Histogram, buckets: list[int], total: float) -> None:
@@ -306,10 +429,28 @@ def start_server(
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
+class _KnownGaugeValues:
+    """prometheus-client's multiprocess collector without NaN gauge samples.
+
+    A process cannot remove a labelled gauge from its value file; it sets NaN
+    instead (``record_group_stats`` for an unknown lag), meaning "no sample".
+    """
+
+    def __init__(self, path: str) -> None:
+        self._inner = multiprocess.MultiProcessCollector(None, path=path)  # type: ignore[no-untyped-call]
+
+    def collect(self) -> Iterable[Metric]:
+        for metric in self._inner.collect():  # type: ignore[no-untyped-call]
+            if metric.type == "gauge":
+                metric.samples = [s for s in metric.samples if not math.isnan(s.value)]
+            yield metric
+
+
 def multiprocess_registry(path: str) -> CollectorRegistry:
     """A registry that sums what every process wrote into ``path``."""
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
+    registry.register(_KnownGaugeValues(path))
+    ProcessCollector(registry=registry)  # the parent process's own
     return registry
 
 

@@ -3,11 +3,12 @@ groups, and the few commands the seed API, the worker and the operator share."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Self, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 from urllib.parse import urlsplit
 
 import anyio
@@ -19,6 +20,7 @@ from agentstream.transport import scripts as _scripts
 from agentstream.transport.pool import RedisConnectionPool
 
 __all__ = [
+    "CallObserver",
     "ClaimResult",
     "NoGroup",
     "PendingEntry",
@@ -69,8 +71,60 @@ class ClaimResult:
     lost: list[str]
 
 
+# What Redis answers a client that has not authenticated: "NOAUTH
+# Authentication required." to a command, "NOAUTH HELLO must be called with the
+# client already authenticated ..." to redis-py's HELLO (RESP3).
+_NEEDS_AUTH = ("uthentication required", "already authenticated")
+
+
+def _needs_auth(text: str) -> bool:
+    return text.startswith("NOAUTH") or any(s in text for s in _NEEDS_AUTH)
+
+
 class NoGroup(errors.TransportError):
     """The stream or the group vanished under a command (NOGROUP)."""
+
+
+class CallObserver(Protocol):
+    """Told the outcome of every command a ``StreamCore`` sends through ``acall``.
+
+    Set one on the pool (``RedisConnectionPool.observer``) to share one view of
+    the server among every transport of a process.
+    """
+
+    def answered(self) -> None:
+        """Redis answered (a reply, or an error that is not a refusal)."""
+
+    def failed(self, exc: errors.TransportError) -> None:
+        """Redis could not be reached (``ConnectionError``) or refused (``Refused``)."""
+
+
+# redis-py puts the command and its arguments (event data included) in a
+# pipeline error: "Command # 2 (XADD s * data ...) of pipeline caused error: ".
+_PIPELINE_ARGS_RE = re.compile(r"Command # (\d+) \(.*\) of pipeline", re.DOTALL)
+# Error codes of a server that answers but will not run the command.
+_REFUSALS = ("OOM", "READONLY", "MISCONF", "BUSY", "NOREPLICAS", "MASTERDOWN")
+_REFUSAL_RE = re.compile(
+    r"(?:^|caused error: \(?['\"]?)(" + "|".join(_REFUSALS) + r")\b"
+)
+
+
+def scrub_command_args(text: str) -> str:
+    """``text`` without the command arguments redis-py copies into pipeline errors."""
+    return _PIPELINE_ARGS_RE.sub(r"Command # \1 of pipeline", text)
+
+
+def refusal_code(text: str, exc: Exception | None = None) -> str | None:
+    """The refusal code (``"OOM"``, ``"READONLY"``...) of an error reply.
+
+    redis-py strips the code off the replies it has a class for.
+    """
+    if isinstance(exc, rex.OutOfMemoryError):
+        return "OOM"
+    if isinstance(exc, rex.ReadOnlyError):
+        return "READONLY"
+    match = _REFUSAL_RE.search(text)
+    return None if match is None else match.group(1)
 
 
 def _location(url: str) -> str:
@@ -169,6 +223,7 @@ class StreamCore:
     # -- error translation ---------------------------------------------------
 
     def _scrub(self, text: str) -> str:
+        text = scrub_command_args(text)
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
@@ -178,7 +233,7 @@ class StreamCore:
         try:
             yield
         except rex.AuthenticationError as exc:
-            msg = f"Redis at {self._where} refused the credentials: {exc}"
+            msg = self._auth_message(str(exc))
             raise errors.AuthenticationError(self._scrub(msg), operation) from None
         except (rex.ConnectionError, rex.TimeoutError, OSError) as exc:
             msg = f"cannot reach Redis at {self._where} ({operation}): {exc}"
@@ -187,7 +242,11 @@ class StreamCore:
             msg = f"Redis at {self._where} denied {operation}: {exc}"
             raise errors.PermissionDenied(self._scrub(msg), operation) from None
         except rex.ResponseError as exc:
-            text = str(exc)
+            text = self._scrub(str(exc))
+            code = refusal_code(text, exc)
+            if code is not None:
+                msg = f"Redis at {self._where} refused {operation} ({code}): {text}"
+                raise errors.Refused(msg, operation, code) from None
             if "NOGROUP" in text:  # pipelines prefix the command's position
                 raise NoGroup(text, operation) from None
             if "can't run this command" in text:
@@ -204,14 +263,24 @@ class StreamCore:
             if "NOPERM" in text:
                 msg = f"Redis at {self._where} denied {operation}: {text}"
                 raise errors.PermissionDenied(self._scrub(msg), operation) from None
-            if text.startswith(("WRONGPASS", "NOAUTH")):
-                msg = f"Redis at {self._where} refused the credentials: {text}"
+            if text.startswith("WRONGPASS") or _needs_auth(text):
+                msg = self._auth_message(text)
                 raise errors.AuthenticationError(self._scrub(msg), operation) from None
             msg = f"Redis at {self._where} rejected {operation}: {text}"
             raise errors.TransportError(self._scrub(msg), operation) from None
         except rex.RedisError as exc:
             msg = f"Redis error at {self._where} ({operation}): {exc}"
             raise errors.TransportError(self._scrub(msg), operation) from None
+
+    def _auth_message(self, text: str) -> str:
+        if not self._secrets and _needs_auth(text):
+            # Redis 6+ answers HELLO (or any command) this way without AUTH.
+            return (
+                f"Redis at {self._where} requires a password and none was given: "
+                "set redis.password_file (AGENTSTREAM_REDIS__PASSWORD_FILE), "
+                "redis.password, or a password in redis.url"
+            )
+        return f"Redis at {self._where} refused the credentials: {text}"
 
     def call(self, operation: str, fn: Callable[[], T], recreate: bool = False) -> T:
         try:
@@ -227,6 +296,24 @@ class StreamCore:
     async def acall(
         self, operation: str, fn: Callable[[], Awaitable[T]], recreate: bool = False
     ) -> T:
+        """Run ``fn`` with errors translated; tell the pool's observer how it went."""
+        observer = self._pool.observer
+        if observer is None:
+            return await self._acall(operation, fn, recreate)
+        try:
+            result = await self._acall(operation, fn, recreate)
+        except (errors.ConnectionError, errors.Refused) as exc:
+            observer.failed(exc)
+            raise
+        except errors.TransportError:
+            observer.answered()
+            raise
+        observer.answered()
+        return result
+
+    async def _acall(
+        self, operation: str, fn: Callable[[], Awaitable[T]], recreate: bool
+    ) -> T:
         try:
             with self.translated(operation):
                 return await fn()
@@ -240,7 +327,14 @@ class StreamCore:
     # -- group ---------------------------------------------------------------
 
     def ensure_group(self) -> None:
-        """Create the consumer group at id 0 (and the stream) when missing."""
+        """Create the consumer group at id 0 (and the stream) when missing.
+
+        An existing group needs no write (XINFO GROUPS first), so that a server
+        refusing writes (``maxmemory``, a read-only replica) still lets a worker
+        start on it.
+        """
+        if self._group_exists(self.call("xinfo groups", self._sync_groups)):
+            return
         try:
             with self.translated("xgroup create"):
                 self.sync.xgroup_create(self.stream, self.group, "0", mkstream=True)
@@ -250,6 +344,10 @@ class StreamCore:
 
     async def aensure_group(self) -> None:
         """Async version of ``ensure_group()``."""
+        with self.translated("xinfo groups"):
+            rows = await self._agroups()
+        if self._group_exists(rows):
+            return
         try:
             with self.translated("xgroup create"):
                 await self.raw.xgroup_create(
@@ -258,6 +356,25 @@ class StreamCore:
         except errors.TransportError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+
+    def _sync_groups(self) -> Any:
+        try:
+            return self.sync.xinfo_groups(self.stream)
+        except rex.ResponseError as exc:
+            if "no such key" in str(exc):
+                return []
+            raise
+
+    async def _agroups(self) -> Any:
+        try:
+            return await self.raw.xinfo_groups(self.stream)
+        except rex.ResponseError as exc:
+            if "no such key" in str(exc):
+                return []
+            raise
+
+    def _group_exists(self, rows: Any) -> bool:
+        return any(decode_id(row["name"]) == self.group for row in rows)
 
     def block(self, block_ms: int | None) -> int | None:
         if block_ms is None or self._max_block_ms is None:
@@ -350,6 +467,26 @@ class StreamCore:
         """Return the number of entries (XLEN) of ``key``, or of this stream."""
         name = self.stream if key is None else key
         return int(await self.acall("xlen", lambda: self.raw.xlen(name)))
+
+    async def afirst_after(self, entry_id: str) -> str | None:
+        """The id of the first entry after ``entry_id`` (XRANGE, exclusive), or None."""
+        rows: Any = await self.acall(
+            "xrange",
+            lambda: self.raw.xrange(self.stream, min=f"({entry_id}", max="+", count=1),
+        )
+        return decode_id(rows[0][0]) if rows else None
+
+    async def arecent_types(self, count: int) -> dict[str, int]:
+        """Event types among the stream's last ``count`` entries (XREVRANGE), counted."""
+        rows: Any = await self.acall(
+            "xrevrange", lambda: self.raw.xrevrange(self.stream, count=count)
+        )
+        types: dict[str, int] = {}
+        for _, fields in rows:
+            raw_type = fields.get(b"type", fields.get("type"))
+            name = "(no type)" if raw_type is None else to_text(raw_type)
+            types[name] = types.get(name, 0) + 1
+        return types
 
     async def aping(self) -> None:
         """Check that Redis answers; raise a ``TransportError`` if not."""

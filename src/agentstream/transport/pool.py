@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import redis
@@ -12,6 +12,9 @@ import redis.retry
 from redis.backoff import ExponentialWithJitterBackoff
 
 from agentstream.config import RedisSettings
+
+if TYPE_CHECKING:
+    from agentstream.transport.core import CallObserver
 
 __all__ = ["RedisConnectionPool", "pool_from_settings"]
 
@@ -71,6 +74,8 @@ class RedisConnectionPool:
             **self._kwargs,
         )
         self._sync_client: redis.Redis | None = None
+        #: Told the outcome of every async command of the transports on this pool.
+        self.observer: CallObserver | None = None
         self._async_client: aioredis.Redis | None = None
         self._raw_async_client: aioredis.Redis | None = None
 

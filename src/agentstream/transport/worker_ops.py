@@ -8,6 +8,7 @@ from collections.abc import (
 )
 from typing import Any
 
+from agentstream.errors import Refused
 from agentstream.transport import keys
 from agentstream.transport.core import (
     ClaimResult,
@@ -57,16 +58,31 @@ class WorkerOps(StreamCore):
         return rows[0][1] if rows else []
 
     async def aread_own_pending(
-        self, consumer: str, count: int, after_id: str = "0"
+        self,
+        consumer: str,
+        count: int,
+        after_id: str = "0",
+        *,
+        count_delivery: bool = True,
     ) -> list[RawEntry]:
         """Re-read entries pending on ``consumer`` after ``after_id``.
 
-        Entries whose data is gone come back with ``fields=None``. The delivery
-        count is the one after this read (re-reading counts as a delivery).
+        Entries whose data is gone come back with ``fields=None``. With
+        ``count_delivery`` (XREADGROUP from ``after_id``) re-reading counts as a
+        delivery, and the delivery count returned is the one after this read.
+        Without it (XPENDING, XCLAIM JUSTID to renew the lease, XRANGE) the
+        counts stay as they were: for a consumer that restarts after a Redis
+        error, which must not use up its entries' delivery budget.
         """
+        if not count_delivery:
+            return await self._peek_own_pending(consumer, count, after_id)
 
         async def run() -> list[Any]:
-            async with self.raw.pipeline(transaction=True) as pipe:
+            # Not MULTI: under maxmemory Redis refuses every command queued in a
+            # transaction, even those (XREADGROUP, XPENDING) it runs outside one.
+            # The entries are this consumer's, their idle time just reset: no
+            # reaper takes them between the two commands.
+            async with self.raw.pipeline(transaction=False) as pipe:
                 pipe.xreadgroup(
                     self.group, consumer, {self.stream: after_id}, count=count
                 )
@@ -84,6 +100,33 @@ class WorkerOps(StreamCore):
         return [
             RawEntry(decode_id(i), f or None, int(counts.get(i, 1)))
             for i, f in rows[0][1]
+        ]
+
+    async def _peek_own_pending(
+        self, consumer: str, count: int, after_id: str
+    ) -> list[RawEntry]:
+        start = "-" if after_id in ("0", "0-0") else "(" + after_id
+        pending = await self.apending_range(count, consumer=consumer, start=start)
+        if not pending:
+            return []
+        kept, lost = await self.arenew(consumer, [p.id for p in pending])
+        owned = set(kept) | set(lost)
+
+        async def read() -> list[Any]:
+            async with self.raw.pipeline(transaction=False) as pipe:
+                for entry_id in kept:
+                    pipe.xrange(self.stream, entry_id, entry_id, count=1)
+                return await pipe.execute()
+
+        rows = dict(zip(kept, await self.acall("xrange", read), strict=True))
+        return [
+            RawEntry(
+                p.id,
+                dict(rows[p.id][0][1]) if rows.get(p.id) else None,
+                p.delivery_count,
+            )
+            for p in pending
+            if p.id in owned
         ]
 
     async def aclaim_entries(
@@ -183,11 +226,23 @@ class WorkerOps(StreamCore):
     def _error_key(self, entry_id: str) -> str:
         return keys.last_error_key(self.stream, self.group, entry_id)
 
-    async def aset_last_error(self, entry_id: str, error: str, ttl_s: float) -> None:
-        """Remember the last error of an entry for ``ttl_s`` seconds."""
+    async def aset_last_error(self, entry_id: str, error: str, ttl_s: float) -> bool:
+        """Remember the last error of an entry for ``ttl_s`` seconds (SET PX).
+
+        The record is bookkeeping: when Redis refuses the write (``maxmemory``
+        with ``noeviction``, a read-only replica, the ACL...) the refusal goes
+        to the pool's observer and False is returned, so that handling goes on.
+
+        Raises:
+            ConnectionError: Redis could not be reached.
+        """
         key = self._error_key(entry_id)
         ttl_ms = max(int(ttl_s * 1000), 1)
-        await self.acall("set", lambda: self.raw.set(key, error, px=ttl_ms))
+        try:
+            await self.acall("set", lambda: self.raw.set(key, error, px=ttl_ms))
+        except Refused:
+            return False
+        return True
 
     async def aget_last_error(self, entry_id: str) -> str | None:
         """Return the last error remembered for an entry, if any."""

@@ -14,7 +14,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from agentstream.app import App
 from agentstream.config import Settings, SubscriptionSettings
-from agentstream.errors import DeadLetter, Retry
+from agentstream.errors import DeadLetter, Refused, Retry
 from agentstream.event import Event, decode_event
 from agentstream.observe.counts import (
     DEAD_LETTER,
@@ -31,6 +31,7 @@ from agentstream.observe.counts import (
 from agentstream.transport.core import RawEntry, RawFields, to_text
 from agentstream.transport.worker_ops import WorkerOps
 from agentstream.worker.pause import PauseWatch
+from agentstream.worker.unhandled import warn_unhandled
 
 __all__ = ["RETRY_CONSUMER", "Consumer"]
 
@@ -91,6 +92,7 @@ class Consumer:
         self._settings = settings
         self._limiter = limiter
         self._unhandled_dead = settings.unhandled == "dead_letter"
+        self._settings_unhandled = settings.unhandled
         self._timeout_s = settings.handler_timeout_s
         self._ack_interval_s = settings.ack_interval_ms / 1000
         self._lease_interval_s = settings.reaper.min_idle_ms / 3000
@@ -109,6 +111,10 @@ class Consumer:
         self._read_scope: anyio.CancelScope | None = None
         self._last_renew = 0.0
         self._stopping = False
+        # Only this process's first recovery counts as a delivery (the process
+        # before it died holding these entries); a restart after a Redis error
+        # must not use up their delivery budget.
+        self._recovered = False
 
     # -- the loop ----------------------------------------------------------------
 
@@ -147,9 +153,13 @@ class Consumer:
     async def recover(self) -> None:
         """Re-read and handle the entries still pending on this consumer."""
         after = "0"
+        count_delivery, self._recovered = not self._recovered, True
         while not self._stopping:
             entries = await self.transport.aread_own_pending(
-                self.name, self._settings.batch_size, after
+                self.name,
+                self._settings.batch_size,
+                after,
+                count_delivery=count_delivery,
             )
             if not entries:
                 return
@@ -294,6 +304,7 @@ class Consumer:
         handler = self._app.resolve(self._stream, event.type)
         if handler is None:
             tally.count(event.type, UNHANDLED)
+            warn_unhandled(self._stream, event.type, self._settings_unhandled)
             if self._unhandled_dead:
                 await self.dead_letter(
                     entry_id, entry_fields, "unhandled", "no handler", count
@@ -389,19 +400,28 @@ class Consumer:
         error: str,
         delivery_count: int,
     ) -> None:
-        """Move one entry to the dead-letter stream (and acknowledge it)."""
+        """Move one entry to the dead-letter stream (and acknowledge it).
+
+        When Redis refuses the write (``maxmemory``, ...) the entry is parked
+        for the reaper instead, which tries again after the backoff.
+        """
+        try:
+            await self.transport.adead_letter(
+                entry_id,
+                entry_fields,
+                self._sub.dead_letter_key,
+                {
+                    "reason": reason,
+                    "error": error[:_ERROR_MAX],
+                    "delivery_count": str(delivery_count),
+                },
+                self._sub.dead_letter_max_len,
+            )
+        except Refused as exc:
+            log.warning("dead_letter_refused", event_id=entry_id, reason=exc.reason)
+            await self._park(entry_id)
+            return
         self.tally.dead_lettered(reason)
-        await self.transport.adead_letter(
-            entry_id,
-            entry_fields,
-            self._sub.dead_letter_key,
-            {
-                "reason": reason,
-                "error": error[:_ERROR_MAX],
-                "delivery_count": str(delivery_count),
-            },
-            self._sub.dead_letter_max_len,
-        )
         log.warning(
             "event_dead_lettered",
             event_id=entry_id,

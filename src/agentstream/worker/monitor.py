@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Sequence
 from functools import partial
+from pathlib import Path
 from typing import Protocol
 
 import anyio
@@ -12,7 +15,14 @@ import structlog
 from agentstream.config import Settings
 from agentstream.errors import StartupError, TransportError
 from agentstream.observe.counts import SweepResult
-from agentstream.observe.health import Health, Heartbeat, check_loops
+from agentstream.observe.health import (
+    HEARTBEAT_INTERVAL_S,
+    Health,
+    Heartbeat,
+    ProcessStatus,
+    check_loops,
+    write_status,
+)
 from agentstream.observe.metrics import (
     CollectorRegistry,
     Metrics,
@@ -50,6 +60,10 @@ class Watched(Protocol):
     def redis(self) -> RedisState: ...
     @property
     def loop_since(self) -> dict[str, float | None]: ...
+    @property
+    def event_types(self) -> frozenset[str]: ...
+    @property
+    def reached_redis(self) -> bool: ...
 
 
 class Monitor:
@@ -58,7 +72,7 @@ class Monitor:
     def __init__(self, supervisor: Watched, registry: CollectorRegistry) -> None:
         self._sup = supervisor
         self.registry = registry
-        self.metrics = Metrics(registry)
+        self.metrics = Metrics(registry, supervisor.event_types)
         self.port: int | None = None
         self.heartbeat = Heartbeat()
         self.systemd = SystemdNotifier()
@@ -97,7 +111,10 @@ class Monitor:
             self.metrics.record_tally(stream, group, c.tally.take())
         self.metrics.set_restarts(sup.restarts)
         self.metrics.record_redis(*sup.redis.take())
+        self.metrics.set_redis_state(sup.redis.up, sup.redis.recent_refusal_reason())
         self.metrics.set_in_flight(sum(len(c.held_ids()) for c in sup.consumers))
+        ready, _ = self.readiness()
+        self.metrics.set_state(ready, sup.redis.up, sup.redis.last_contact_s)
 
     def record_sweep(self, reaper: Reaper, result: SweepResult) -> None:
         """Publish what one reaper sweep did."""
@@ -153,14 +170,42 @@ class Monitor:
         """Ready: not stopping, Redis answers, and the groups exist."""
         if self._sup.stopping:
             return False, "stopping"
-        if not self._sup.redis.up:
+        redis = self._sup.redis
+        if not redis.up:
             return False, "redis unavailable"
-        denial = self._sup.redis.recent_denial()
-        if denial is not None:
-            return False, f"permission denied: {denial}"
+        refusal = redis.recent_refusal()
+        if refusal is not None:
+            if redis.recent_refusal_reason() == "NOPERM":
+                return False, f"permission denied: {refusal}"
+            # It answers: events may still be handled and acknowledged.
+            reason = redis.recent_refusal_reason()
+            return False, f"redis refuses commands ({reason}): {refusal}"
         if self._groups_error is not None:
             return False, f"consumer groups: {self._groups_error}"
         return True, "ok"
+
+    async def publish_status(self, path: Path) -> None:
+        """Write this process's liveness and readiness to ``path`` every beat.
+
+        A multi-process parent derives its /healthz, /readyz, READY=1 and
+        watchdog from its children's files; a child whose event loop stops
+        stops writing, and the parent sees its file go stale.
+        """
+        pid = os.getpid()
+        while True:
+            live, live_reason = self.liveness()
+            ready, ready_reason = self.readiness()
+            status = ProcessStatus(
+                pid,
+                time.monotonic(),
+                self._sup.reached_redis,
+                live,
+                live_reason,
+                ready,
+                ready_reason,
+            )
+            write_status(path, status)
+            await anyio.sleep(HEARTBEAT_INTERVAL_S)
 
     # -- systemd ---------------------------------------------------------------
 
@@ -168,7 +213,10 @@ class Monitor:
         """The one-line summary systemd shows."""
         sup = self._sup
         in_flight = sum(len(c.held_ids()) for c in sup.consumers)
+        reason = sup.redis.recent_refusal_reason()
         redis = "up" if sup.redis.up else "unavailable"
+        if sup.redis.up and reason is not None:
+            redis = f"refusing ({reason})"
         return (
             f"{len(sup.consumers)} consumers on "
             f"{len(sup.settings.subscriptions)} streams, redis {redis}, "

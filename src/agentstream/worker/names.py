@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 import anyio
 import structlog
 
-from agentstream.errors import TransportError
+from agentstream.errors import PermissionDenied, Refused, TransportError
 from agentstream.transport.worker_ops import WorkerOps
 
 __all__ = ["NameLease", "NamesExhausted"]
@@ -49,13 +49,27 @@ class NameLease:
     async def acquire(self) -> str:
         """Take the first free name base; returns it.
 
+        A server that refuses the lease write (``maxmemory``, a read-only
+        replica, a failed save) does not stop the worker: it runs under ``base``
+        unleased, and ``keep()`` takes the lease once writes are accepted again.
+
         Raises:
             NamesExhausted: ``base`` and ``base.1`` .. ``base.99`` are all held.
+            PermissionDenied: the ACL refuses the lease script (an operator's
+                fix, not a retry, helps).
             TransportError: Redis failed.
         """
         for suffix in range(_MAX_SUFFIX):
             candidate = self._wanted if suffix == 0 else f"{self._wanted}.{suffix}"
-            if await self._take(candidate):
+            try:
+                taken = await self._take(candidate)
+            except PermissionDenied:
+                raise
+            except Refused as exc:
+                log.warning("consumer_name_unleased", name=candidate, reason=exc.reason)
+                self.name = candidate
+                return candidate
+            if taken:
                 if suffix:
                     log.warning(
                         "consumer_name_taken", wanted=self._wanted, using=candidate

@@ -10,6 +10,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from functools import partial
+from pathlib import Path
 
 import anyio
 import anyio.abc
@@ -17,7 +18,13 @@ import structlog
 
 from agentstream.config import Settings
 from agentstream.errors import StartupError
-from agentstream.observe.health import Health, Heartbeat
+from agentstream.observe.health import (
+    STATUS_DIR_ENV,
+    Health,
+    Heartbeat,
+    check_children,
+    read_status,
+)
 from agentstream.observe.metrics import (
     MULTIPROC_ENV,
     mark_process_dead,
@@ -51,6 +58,9 @@ class _Parent:
         self.systemd = SystemdNotifier()
         self.all_started = anyio.Event()
         self.metrics_dir: str | None = None
+        self.status_dir = ""
+        # How often the parent looks at its children's status files, in seconds.
+        self.poll_s = 0.2
 
     def command(self, index: int) -> list[str]:
         return [
@@ -63,6 +73,13 @@ class _Parent:
         ]
 
     async def run(self) -> int:
+        self.status_dir = tempfile.mkdtemp(prefix="agentstream-status-")
+        try:
+            return await self._serve_and_run()
+        finally:
+            shutil.rmtree(self.status_dir, ignore_errors=True)
+
+    async def _serve_and_run(self) -> int:
         metrics = self.settings.metrics
         if not metrics.enabled:
             return await self._run()
@@ -92,13 +109,19 @@ class _Parent:
 
     async def notify_systemd(self) -> None:
         # The parent is the service's main process: it speaks for its children.
+        # READY=1 once every child reached Redis, as one process would send it.
         await self.all_started.wait()
+        while not self.children_state()[2]:  # noqa: ASYNC110 - other processes' files
+            await anyio.sleep(self.poll_s)
         self.systemd.notify("READY=1", f"STATUS={self.status_line()}")
         interval_s = (self.systemd.watchdog_s or 60.0) / 2
         while not self.stopping.is_set():
             lines = [f"STATUS={self.status_line()}"]
-            if self.systemd.watchdog_s and self.liveness()[0]:
+            live, reason = self.liveness()
+            if self.systemd.watchdog_s and live:
                 lines.append("WATCHDOG=1")
+            elif not live:
+                log.warning("watchdog_withheld", reason=reason)
             self.systemd.notify(*lines)
             with anyio.move_on_after(interval_s):
                 await self.stopping.wait()
@@ -106,16 +129,24 @@ class _Parent:
     def status_line(self) -> str:
         return f"{len(self.children)} of {self.settings.processes} processes running"
 
+    def children_state(self) -> tuple[tuple[bool, str], tuple[bool, str], bool]:
+        # Runs in the metrics server's thread too: reads files, never awaits.
+        children = {
+            index: (process.pid, read_status(Path(self.status_dir, f"{index}.json")))
+            for index, process in list(self.children.items())
+        }
+        return check_children(children, self.settings.processes)
+
     def liveness(self) -> tuple[bool, str]:
-        return self.heartbeat.check()
+        live = self.heartbeat.check()
+        if not live[0]:
+            return live
+        return self.children_state()[0]
 
     def readiness(self) -> tuple[bool, str]:
         if self.stopping.is_set():
             return False, "stopping"
-        running = len(self.children)
-        if running < self.settings.processes:
-            return False, f"{running} of {self.settings.processes} processes running"
-        return True, "ok"
+        return self.children_state()[1]
 
     async def _run(self) -> int:
         async with anyio.create_task_group() as tg:
@@ -150,6 +181,7 @@ class _Parent:
             # A session of its own: a Ctrl-C on the terminal reaches only the
             # parent, which forwards one SIGTERM (two would force a stop).
             env = {k: v for k, v in os.environ.items() if k not in _SYSTEMD_ENV}
+            env[STATUS_DIR_ENV] = self.status_dir
             if self.metrics_dir is not None:
                 env[MULTIPROC_ENV] = self.metrics_dir
             process = await anyio.open_process(
@@ -194,9 +226,13 @@ class _Parent:
                 process.send_signal(signum)
 
     async def watch_signals(self) -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        # SIGHUP stops gracefully, as in a single process (supervisor.py).
+        watched = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        with anyio.open_signal_receiver(*watched) as signals:
             async for signum in signals:
                 log.info("signal_received", signal=signal.Signals(signum).name)
+                if self.stopping.is_set():
+                    self.status = 128 + signum  # forced: exit non-zero
                 # A second signal reaches the children as their second: they
                 # stop at once.
                 self.stop()

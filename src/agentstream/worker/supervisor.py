@@ -9,6 +9,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
+from pathlib import Path
 
 import anyio
 import structlog
@@ -17,11 +18,14 @@ from agentstream.app import App
 from agentstream.config import Settings, SubscriptionSettings
 from agentstream.errors import (
     AuthenticationError,
+    ConnectionError,
     PermissionDenied,
+    Refused,
     StartupError,
     TransportError,
 )
 from agentstream.observe.counts import SweepResult
+from agentstream.observe.health import STATUS_DIR_ENV
 from agentstream.observe.metrics import (
     CollectorRegistry,
     MetricsServer,
@@ -33,7 +37,7 @@ from agentstream.worker.monitor import Monitor
 from agentstream.worker.names import NameLease, NamesExhausted
 from agentstream.worker.pause import PauseWatch
 from agentstream.worker.reaper import Reaper
-from agentstream.worker.redis_state import RedisState
+from agentstream.worker.redis_state import RedisState, redis_cause
 
 __all__ = ["Supervisor"]
 
@@ -42,13 +46,27 @@ log = structlog.get_logger("agentstream.supervisor")
 _MAX_BACKOFF_S = 30.0
 # A loop that ran this long before failing starts its backoff from scratch.
 _HEALTHY_RUN_S = 60.0
+# While waiting for Redis at start: a reminder this often after redis_unavailable.
+_REMIND_S = 30.0
+# While Redis is unreachable one probe PINGs it, backing off up to this: the
+# loops that wait for it wake within this of its return.
+_PROBE_MIN_S = 0.1
+_PROBE_MAX_S = 0.5
+_PROBE_TIMEOUT_S = 1.0
+# Loops woken together by Redis' return start within this of each other.
+_WAKE_SPREAD_S = 0.2
 
 
-def unwrap(exc: BaseException) -> BaseException:
-    """The single exception inside nested task-group exception groups."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
+async def first_of(*waits: Callable[[], Awaitable[None]]) -> None:
+    """Return as soon as one of ``waits`` returns; cancel the others."""
+    async with anyio.create_task_group() as tg:
+
+        async def run(wait: Callable[[], Awaitable[None]]) -> None:
+            await wait()
+            tg.cancel_scope.cancel()
+
+        for wait in waits:
+            tg.start_soon(run, wait)
 
 
 def jittered(delay_s: float) -> float:
@@ -88,6 +106,7 @@ class Supervisor:
         self._parent_pid = parent_pid
         self._stopping = anyio.Event()
         self._forced = False
+        self._forced_by: int | None = None
         self._exit_status = 0
         self._force = anyio.Event()
         self._running = 0
@@ -111,9 +130,19 @@ class Supervisor:
         return self.monitor.port
 
     @property
+    def event_types(self) -> frozenset[str]:
+        """The event types with a handler of their own (not the ``*`` fallback)."""
+        return frozenset(h.event_type for h in self.app.handlers) - {"*"}
+
+    @property
     def stopping(self) -> bool:
         """Whether a stop was asked for."""
         return self._stopping.is_set()
+
+    @property
+    def reached_redis(self) -> bool:
+        """Whether start-up reached Redis and the consumers run."""
+        return self.started.is_set()
 
     @property
     def parent_pid(self) -> int | None:
@@ -130,10 +159,15 @@ class Supervisor:
         """The stable name of this process's consumer ``index``."""
         return f"{self._name_base}-{index}"
 
-    def stop(self, force: bool = False) -> None:
-        """Begin a graceful stop; a second call (or ``force``) stops at once."""
+    def stop(self, force: bool = False, signum: int | None = None) -> None:
+        """Begin a graceful stop; a second call (or ``force``) stops at once.
+
+        A forced stop makes ``run()`` return non-zero: ``128 + signum`` when a
+        signal forced it (130 for a second Ctrl-C, as shells report), else 1.
+        """
         if force or self._stopping.is_set():
             self._forced = True
+            self._forced_by = signum
             self._force.set()
         self._stopping.set()
 
@@ -147,9 +181,9 @@ class Supervisor:
         try:
             return await self._run()
         except BaseExceptionGroup as group:
-            cause = unwrap(group)
-            if isinstance(cause, StartupError):
-                raise cause from None
+            startup, _ = group.split(StartupError)
+            if startup is not None:
+                raise redis_cause(startup) from None
             raise
 
     async def _run(self) -> int:
@@ -161,11 +195,17 @@ class Supervisor:
             max_connections=settings.redis.max_connections
             + settings.consumers * len(settings.subscriptions),
         )
+        pool.observer = self.redis
         server: MetricsServer | None = None
         try:
             server = await monitor.serve()
             async with anyio.create_task_group() as tg:
-                if server is not None or monitor.systemd.watchdog_s:
+                status_dir = os.environ.get(STATUS_DIR_ENV)
+                if self._parent_pid is not None and status_dir:
+                    path = Path(status_dir, f"{self.process_index}.json")
+                    tg.start_soon(monitor.publish_status, path)
+                    tg.start_soon(monitor.heartbeat.run)
+                elif server is not None or monitor.systemd.watchdog_s:
                     tg.start_soon(monitor.heartbeat.run)
                 if self._handle_signals:
                     tg.start_soon(self._watch_signals)
@@ -176,6 +216,7 @@ class Supervisor:
                 if transports is None:  # stopped while waiting for Redis
                     tg.cancel_scope.cancel()
                     return 0
+                tg.start_soon(self._probe_redis, transports[0])
                 lease = NameLease(transports, self._name_base, settings.name_lease_s)
                 try:
                     self._name_base = await lease.acquire()
@@ -210,13 +251,18 @@ class Supervisor:
                 tg.cancel_scope.cancel()
             if self.settings.metrics.enabled:
                 monitor.record_counts()  # the last interval's counts
-            if not self._forced and self.redis.up:
+            if self.redis.up:
                 # One short deadline for all cleanup, so that a stop during a
                 # network cut still ends well inside the service manager's limit.
+                # Forced, the consumers still hold entries: keep them, but free
+                # the names so that a restart takes them back at once.
                 with anyio.CancelScope(shield=True), anyio.move_on_after(3):
-                    await self._remove_own_consumers()
+                    if not self._forced:
+                        await self._remove_own_consumers()
                     await lease.release()
             log.info("worker_stopped", forced=self._forced)
+            if self._forced:
+                return 128 + self._forced_by if self._forced_by else 1
             return self._exit_status
         finally:
             with anyio.CancelScope(shield=True):
@@ -227,7 +273,9 @@ class Supervisor:
     # -- startup -------------------------------------------------------------
 
     async def _open(self, pool: RedisConnectionPool) -> list[WorkerOps] | None:
-        delay = 0.1
+        delay = _PROBE_MIN_S
+        waiting_since = time.monotonic()
+        reminded = waiting_since
         while not self._stopping.is_set():
             try:
                 transports = [
@@ -239,14 +287,49 @@ class Supervisor:
             except (AuthenticationError, PermissionDenied) as exc:
                 raise StartupError(str(exc)) from None
             except TransportError as exc:
+                # Nothing else runs yet: retry as often as the probe would.
                 self.redis.failed(exc)
+                log.debug("redis_retrying", step="start", error=describe_error(exc))
+                now = time.monotonic()
+                if now - reminded >= _REMIND_S:
+                    reminded = now
+                    log.warning(
+                        "redis_still_unavailable",
+                        waited_s=round(now - waiting_since),
+                        error=describe_error(exc),
+                    )
+                # systemd counts start-up against TimeoutStartSec: ask for more
+                # time while waiting, so a slow Redis is no restart loop.
+                extend_us = int((_MAX_BACKOFF_S * 2) * 1_000_000)
+                self.monitor.systemd.notify(
+                    f"EXTEND_TIMEOUT_USEC={extend_us}",
+                    f"STATUS=waiting for Redis: {describe_error(exc)}",
+                )
                 with anyio.move_on_after(jittered(delay)):
                     await self._stopping.wait()
-                delay = min(delay * 2, _MAX_BACKOFF_S)
+                delay = min(delay * 2, _PROBE_MAX_S)
                 continue
             self.redis.answered()
             return transports
         return None
+
+    async def _probe_redis(self, transport: WorkerOps) -> None:
+        # The one loop that asks while Redis is unreachable; the others wait
+        # for its answer (RedisState.wait_answer) instead of their own backoff.
+        delay = _PROBE_MIN_S
+        while True:
+            if self.redis.up:
+                delay = _PROBE_MIN_S
+                await anyio.sleep(_PROBE_MIN_S)
+                continue
+            with anyio.move_on_after(_PROBE_TIMEOUT_S):
+                try:
+                    await transport.aping()  # its answer wakes every waiting loop
+                    continue
+                except TransportError as exc:
+                    log.debug("redis_retrying", step="probe", error=describe_error(exc))
+            await anyio.sleep(jittered(delay))
+            delay = min(delay * 2, _PROBE_MAX_S)
 
     def _start_loops(
         self, tg: anyio.abc.TaskGroup, transports: list[WorkerOps]
@@ -305,25 +388,19 @@ class Supervisor:
         try:
             while not self._stopping.is_set():
                 started = time.monotonic()
+                cause: BaseException | None = None
                 try:
                     await run()
-                except Exception as exc:
-                    cause = unwrap(exc)
-                    if isinstance(cause, PermissionDenied):
-                        self.redis.denied(cause)
-                    elif isinstance(cause, TransportError):
-                        self.redis.failed(cause)
-                    else:
-                        log.error("consumer_crashed", consumer=name, exc_info=cause)
+                except Exception as exc:  # noqa: BLE001 - reported, then restarted
+                    cause = redis_cause(exc)
+                    self._report(name, cause)
                 if self._stopping.is_set():
                     return
                 if time.monotonic() - started > _HEALTHY_RUN_S:
                     delay = 0.1
                 self.restarts += 1
                 self.loop_since[name] = None
-                log.info("consumer_restarting", consumer=name, delay_s=round(delay, 2))
-                with anyio.move_on_after(jittered(delay)):
-                    await self._stopping.wait()
+                await self._wait_to_restart(name, cause, delay)
                 self.loop_since[name] = time.monotonic()
                 delay = min(delay * 2, _MAX_BACKOFF_S)
         finally:
@@ -331,13 +408,41 @@ class Supervisor:
             if self._running == 0:
                 self._all_done.set()
 
+    def _report(self, name: str, cause: BaseException) -> None:
+        if isinstance(cause, ConnectionError | Refused):
+            self.redis.failed(cause)  # logged once per change of state
+        elif isinstance(cause, TransportError):
+            log.error("consumer_failed", consumer=name, error=describe_error(cause))
+        else:
+            log.error("consumer_crashed", consumer=name, exc_info=cause)
+
+    async def _wait_to_restart(
+        self, name: str, cause: BaseException | None, delay: float
+    ) -> None:
+        if isinstance(cause, ConnectionError | Refused):
+            # Redis' state is logged once per change; each retry only at debug.
+            log.debug("consumer_retrying", consumer=name, delay_s=round(delay, 2))
+        else:
+            log.info("consumer_restarting", consumer=name, delay_s=round(delay, 2))
+        waits: list[Callable[[], Awaitable[None]]] = [self._stopping.wait]
+        if isinstance(cause, ConnectionError):
+            waits.append(self.redis.wait_answer)
+        with anyio.move_on_after(jittered(delay)):
+            await first_of(*waits)
+            if not self._stopping.is_set() and len(waits) > 1:
+                await anyio.sleep(random.uniform(0, _WAKE_SPREAD_S))
+
     # -- signals and shutdown ----------------------------------------------------
 
     async def _watch_signals(self) -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        # SIGHUP (a closed terminal, `systemctl kill -s HUP`) stops gracefully
+        # too: nothing here can be reloaded in place, and dying at once with
+        # 129 would skip the drain.
+        watched = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        with anyio.open_signal_receiver(*watched) as signals:
             async for signum in signals:
                 log.info("signal_received", signal=signal.Signals(signum).name)
-                self.stop()
+                self.stop(signum=signum)
 
     async def _watch_parent(self) -> None:
         # A child of a multi-process parent stops when the parent is gone
