@@ -49,7 +49,7 @@ TEMPLATE = "agentstream-worker@.service"
 #: Where the units expect the worker; tests point them at this venv's instead.
 INSTALLED_WORKER = "/opt/agentstream/venv/bin/agentstream-worker"
 #: Files in deploy/k8s that kustomization.yaml must not apply.
-NOT_APPLIED = {"kustomization.yaml", "secret.example.yaml"}
+NOT_APPLIED = {"kustomization.yaml", "secret.example.yaml", "web-secret.example.yaml"}
 #: Kinds whose schema is not Kubernetes' own: checked field by field below.
 CUSTOM_KINDS = {"ServiceMonitor", "ScaledObject", "TriggerAuthentication"}
 SHUTDOWN_TIMEOUT_DEFAULT_S = Settings.model_fields["shutdown_timeout_s"].default
@@ -1038,3 +1038,88 @@ def running_worker(tmp_path: Path, env: Mapping[str, str]) -> Iterator[_Worker]:
         yield worker
     finally:
         worker.close()
+
+
+# -- the web console beside the worker ----------------------------------------------
+
+WEB_UNIT = "agentstream-web.service"
+INSTALLED_ADMIN = "/opt/agentstream/venv/bin/agentstream"
+
+
+def web_container() -> dict[str, Any]:
+    spec = manifest("web-deployment.yaml")["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    result: dict[str, Any] = container
+    return result
+
+
+class TestWebConsole:
+    def test_systemd_unit(self) -> None:
+        """The console's unit runs `agentstream web` on the worker's config with a token."""
+        service = unit_settings((SYSTEMD / WEB_UNIT).read_text("utf-8"))["Service"]
+        single = {key: values[-1] for key, values in service.items()}
+        worker = unit_settings((SYSTEMD / UNIT).read_text("utf-8"))["Service"]
+        assert single["ExecStart"] == (
+            f"{INSTALLED_ADMIN} --config /etc/agentstream/worker.toml web"
+        )
+        assert "web-token:/etc/agentstream/web-token" in service["LoadCredential"]
+        assert "AGENTSTREAM_WEB__TOKEN_FILE=%d/web-token" in service["Environment"]
+        assert single["RestartPreventExitStatus"] == str(EXIT_CONFIG)
+        for key in ("DynamicUser", "NoNewPrivileges", "ProtectSystem", "PrivateTmp",
+                    "RestrictAddressFamilies", "SystemCallFilter",
+                    "CapabilityBoundingSet", "MemoryDenyWriteExecute"):  # fmt: skip
+            assert service[key] == worker[key], key
+
+    def test_systemd_verify(self, tmp_path: Path) -> None:
+        """systemd-analyze verify reports nothing about the console's unit."""
+        text = (
+            (SYSTEMD / WEB_UNIT)
+            .read_text("utf-8")
+            .replace(
+                INSTALLED_ADMIN + " ",
+                str(Path(sys.executable).parent / "agentstream") + " ",
+            )
+        )
+        assert systemd_verify(tmp_path, text, WEB_UNIT, WEB_UNIT) == []
+
+    def test_kubernetes_deployment(self, tmp_path: Path) -> None:
+        """The console pod loads the workers' config, binds with a token, probes /healthz."""
+        from agentstream.web.security import check_bind, load_credentials
+
+        container = web_container()
+        assert container["command"] == ["agentstream"]
+        assert container["args"][-1] == "web"
+        env = {e["name"]: e["value"] for e in container["env"]}
+        token = tmp_path / "web-token"
+        token.write_text(manifest("web-secret.example.yaml")["stringData"]["web-token"])
+        password = tmp_path / "redis-password"
+        password.write_text("pod-password")
+        env |= {"AGENTSTREAM_WEB__TOKEN_FILE": str(token),
+                "AGENTSTREAM_REDIS__PASSWORD_FILE": str(password)}  # fmt: skip
+        settings = load_settings(configmap_toml(tmp_path), env=env)
+        check_bind(settings.web.host, load_credentials(settings.web))
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports["web"] == settings.web.port
+        for probe in ("livenessProbe", "readinessProbe"):
+            assert container[probe]["httpGet"] == {"path": "/healthz", "port": "web"}
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        volumes = {
+            v["name"]: v
+            for v in manifest("web-deployment.yaml")["spec"]["template"]["spec"][
+                "volumes"
+            ]
+        }
+        token_dir = str(Path(container["env"][-1]["value"]).parent)
+        secret = volumes[mounts[token_dir]]["secret"]
+        assert secret["secretName"] == manifest("web-secret.example.yaml")["metadata"]["name"]  # fmt: skip
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        service = manifest("web-service.yaml")
+        labels = manifest("web-deployment.yaml")["spec"]["template"]["metadata"][
+            "labels"
+        ]
+        assert service["spec"]["selector"].items() <= labels.items()
+        assert service["spec"]["ports"][0]["targetPort"] == "web"
+
+    def test_image_has_the_web_extra(self) -> None:
+        """The image installs agentstream with the web extra, so it runs the console."""
+        assert '"agentstream[web]"' in DOCKERFILE.read_text("utf-8")

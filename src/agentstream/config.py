@@ -42,6 +42,7 @@ __all__ = [
     "SentinelSettings",
     "Settings",
     "SubscriptionSettings",
+    "WebSettings",
     "env_names",
     "load_settings",
     "redact_url",
@@ -349,6 +350,32 @@ class MetricsSettings(BaseModel):
     port: int = Field(default=9464, ge=0, le=65535)
 
 
+class WebSettings(BaseModel):
+    """The web console (``agentstream web``).
+
+    Attributes:
+        host: the address to bind. Without ``token_file`` or
+            ``basic_auth_file`` only a loopback address is accepted.
+        port: the TCP port to bind (0 picks a free one).
+        token_file: a file holding a bearer token; requests must send
+            ``Authorization: Bearer <token>`` (or sign in with it once).
+        basic_auth_file: a file of ``user:password`` lines for HTTP basic auth.
+        read_only: hide every action and refuse it (403).
+        page_size: entries per page of a list.
+        refresh_s: how often the overview refreshes itself, in seconds.
+    """
+
+    model_config = _SECTION
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=9465, ge=0, le=65535)
+    token_file: Path | None = None
+    basic_auth_file: Path | None = None
+    read_only: bool = False
+    page_size: int = Field(default=50, ge=1, le=1000)
+    refresh_s: float = Field(default=5.0, ge=1)
+
+
 class LogSettings(BaseModel):
     """What is logged and how it is rendered.
 
@@ -389,6 +416,7 @@ class Settings(BaseSettings):
         reaper: see `ReaperSettings`.
         metrics: see `MetricsSettings`.
         log: see `LogSettings`.
+        web: see `WebSettings`.
     """
 
     model_config = SettingsConfigDict(
@@ -421,6 +449,7 @@ class Settings(BaseSettings):
     reaper: ReaperSettings = Field(default_factory=ReaperSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
 
     @field_validator("app")
     @classmethod
@@ -545,6 +574,9 @@ def load_settings(
 
 
 _ENV_PREFIX = "AGENTSTREAM_"
+#: AGENTSTREAM_ variables that are not settings: the folder a multi-process
+#: parent gives its children for their status files, and the test kit's server.
+_OTHER_ENV = frozenset({"AGENTSTREAM_STATUS_DIR", "AGENTSTREAM_REDIS_SERVER"})
 
 
 def env_names() -> list[str]:
@@ -572,7 +604,7 @@ def _check_env_names(env: Mapping[str, str]) -> None:
     known = env_names()
     for name in sorted(env):
         upper = name.upper()
-        if not upper.startswith(_ENV_PREFIX) or upper in known:
+        if not upper.startswith(_ENV_PREFIX) or upper in known or upper in _OTHER_ENV:
             continue
         # Compared without the prefix, which every name shares.
         tails = [k.removeprefix(_ENV_PREFIX) for k in known]

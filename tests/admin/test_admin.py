@@ -12,16 +12,14 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import anyio
 import pytest
 import redis
 
-from agentstream import RedisConnectionPool, RedisStreamTransport
+from agentstream import RedisStreamTransport
 from agentstream.admin import run_admin
 from agentstream.testing import free_port
 from agentstream.testing.pytest_plugin import RedisServerFactory
-from agentstream.transport.admin_ops import AdminOps
-from agentstream.transport.worker_ops import WorkerOps
+from stream_data import dead_letter
 
 pytestmark = pytest.mark.redis
 
@@ -58,11 +56,19 @@ def _raw(redis_url: str) -> Iterator[redis.Redis]:
     client.close()
 
 
+TARGET = re.compile(r"^redis: \S+( \(user \S+\))?\n")
+
+
+def without_target(err: str) -> str:
+    """stderr without the first line naming the target Redis."""
+    return TARGET.sub("", err, count=1)
+
+
 def admin(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """Run the command in-process: (status, stdout, stderr)."""
+    """Run the command in-process: (status, stdout, stderr without the target line)."""
     status = run_admin(list(argv))
     captured = capsys.readouterr()
-    return status, captured.out, captured.err
+    return status, captured.out, without_target(captured.err)
 
 
 #: ``cli("dlq", "list")`` runs ``agentstream --config <config> dlq list``
@@ -73,38 +79,6 @@ Cli = Callable[..., tuple[int, str, str]]
 @pytest.fixture(name="cli")
 def _cli(capsys: pytest.CaptureFixture[str], config: Path) -> Cli:
     return functools.partial(admin, capsys, "--config", str(config))
-
-
-def dead_letter(
-    url: str,
-    stream: str,
-    entry_id: str,
-    reason: str,
-    error: str = "ValueError: boom",
-    deliveries: int = 5,
-    key: str | None = None,
-) -> str:
-    """Dead-letter one entry of ``stream`` as the worker does; return its DLQ id."""
-
-    async def run() -> str:
-        pool = RedisConnectionPool(url, decode_responses=False)
-        try:
-            t = await WorkerOps.aopen(stream, pool=pool)
-            [(_, fields)] = await AdminOps.attach(stream, pool=pool).arange_raw(
-                None, entry_id, entry_id
-            )
-            details = {
-                "reason": reason,
-                "error": error,
-                "delivery_count": str(deliveries),
-            }
-            return await t.adead_letter(
-                entry_id, fields, key or f"{stream}:dlq", details, 1000
-            )
-        finally:
-            await pool.aclose()
-
-    return anyio.run(run, backend="asyncio")
 
 
 def xadd(raw: redis.Redis, key: str, fields: dict[str, str | bytes]) -> str:
@@ -164,17 +138,22 @@ class TestStats:
         assert status == 0
         [stats] = json.loads(out)["subscriptions"]
         age = stats.pop("oldest_pending_age_ms")
+        unread_age = stats.pop("oldest_undelivered_age_ms")
         [consumer] = stats.pop("consumers")
         assert stats == {
             "stream": stream_name,
             "group": "agents",
             "stream_exists": True,
             "group_exists": True,
+            "paused": False,
+            "paused_by": None,
+            "paused_at": None,
             "length": 3,
             "lag": 1,
             "redis_lag": 1,
             "pending": 1,
             "oldest_pending_id": busy["pending"],
+            "oldest_undelivered_id": busy["unread"],
             "last_delivered_id": busy["dead"],
             "entries_read": 2,
             "dead_letter_stream": f"{stream_name}:dlq",
@@ -182,6 +161,8 @@ class TestStats:
         }
         assert isinstance(age, int)
         assert age >= 0
+        assert isinstance(unread_age, int)
+        assert unread_age >= 0
         assert consumer["name"] == "worker-1"
         assert consumer["pending"] == 1
         assert consumer["idle_ms"] >= 0
@@ -573,6 +554,7 @@ class TestPublishTail:
         )
         try:
             assert tail.stderr is not None
+            assert TARGET.match(tail.stderr.readline())
             assert tail.stderr.readline().startswith(f"following {stream_name} after")
             for n in (1, 2):
                 subprocess.run(
@@ -601,6 +583,7 @@ class TestPublishTail:
         )
         try:
             assert tail.stderr is not None
+            assert TARGET.match(tail.stderr.readline())
             assert tail.stderr.readline().startswith("following")
             tail.send_signal(signal.SIGINT)
             out, err = tail.communicate(timeout=30)
@@ -665,6 +648,7 @@ class TestErrors:
         assert done.returncode == 1
         assert done.stdout == ""
         lines = done.stderr.splitlines()
+        assert lines.pop(0) == f"redis: redis://127.0.0.1:{port}/0"
         assert lines[0].startswith(
             f"agentstream: cannot reach Redis at 127.0.0.1:{port}"
         )
@@ -765,5 +749,5 @@ class TestErrors:
             text=True,
             timeout=60,
         )
-        assert (done.returncode, done.stderr) == (0, "")
+        assert (done.returncode, without_target(done.stderr)) == (0, "")
         assert done.stdout == f"no dead letters in {stream_name}:dlq\n"

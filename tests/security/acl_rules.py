@@ -31,6 +31,9 @@ from __future__ import annotations
 
 __all__ = [
     "KEY_PATTERN",
+    "OPERATOR_COMMANDS",
+    "OPERATOR_RULES",
+    "OPERATOR_USER",
     "READONLY_COMMANDS",
     "READONLY_RULES",
     "READONLY_USER",
@@ -60,6 +63,8 @@ WORKER_COMMANDS: tuple[str, ...] = (
     "+xpending",
     "+xclaim",
     "+xrange",
+    # --check: the event types of the stream's newest entries
+    "+xrevrange",
     "+xadd",
     "+xlen",
     "+xinfo|groups",
@@ -89,22 +94,57 @@ WORKER_COMMANDS: tuple[str, ...] = (
     "+time",
 )
 
-#: What ``agentstream stats``, ``dlq list``/``show`` and ``tail`` run.
+#: What ``agentstream stats``, ``dlq list``/``show``, ``tail``, ``pending
+#: list``/``show``, ``consumers list``, ``workers`` and a read-only web console
+#: run (GET: the pause state; HMGET: last errors; SCAN and PTTL: the name
+#: leases; XREVRANGE: newest dead letters first).
 READONLY_COMMANDS: tuple[str, ...] = (
     "+ping",
     "+select",
     "+time",
     "+exists",
+    "+get",
+    "+hmget",
+    "+scan",
+    "+pttl",
     "+xlen",
     "+xpending",
     "+xinfo|stream",
     "+xinfo|groups",
     "+xinfo|consumers",
     "+xrange",
+    "+xrevrange",
     "+xread",
     # stats: the group's figures at one instant (a script that only reads)
     "+evalsha_ro",
     "+script|load",
+)
+
+OPERATOR_USER = "agentstream-operator"
+
+#: The read-only commands plus what ``pending claim``/``ack``, ``consumers
+#: remove``, ``group reset``, ``pause``/``resume`` and a console that is not
+#: read-only change (``dlq replay``/``purge`` also need XADD and XDEL).
+OPERATOR_COMMANDS: tuple[str, ...] = (
+    *READONLY_COMMANDS,
+    "+xack",
+    "+xclaim",
+    "+xgroup|delconsumer",
+    "+xgroup|setid",
+    "+set",
+    "+del",
+    "+evalsha",
+    "+script|load",
+    "+script|exists",
+)
+
+#: ``ACL SETUSER agentstream-operator <rules> >password``
+OPERATOR_RULES: tuple[str, ...] = (
+    "reset",
+    "on",
+    "resetchannels",
+    f"~{KEY_PATTERN}",
+    *OPERATOR_COMMANDS,
 )
 
 #: ``ACL SETUSER agentstream-worker <rules> >password``

@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 import redis
 from acl_rules import (
+    OPERATOR_RULES,
+    OPERATOR_USER,
     READONLY_RULES,
     READONLY_USER,
     WORKER_RULES,
@@ -39,6 +41,7 @@ from security_harness import (
     run,
     scrape,
     wait_until,
+    without_target,
     worker_env,
     xadd_events,
 )
@@ -390,7 +393,7 @@ def _readonly_cli(
     def run_cli(*argv: str) -> tuple[int, str, str]:
         status = run_admin(["--config", str(readonly_config), *argv])
         out, err = capsys.readouterr()
-        return status, out, err
+        return status, out, without_target(err)
 
     return run_cli
 
@@ -404,8 +407,18 @@ class TestReadOnlyUser:
             ["dlq", "list"],
             ["dlq", "show", "{dlq}"],
             ["tail", "{stream}", "--from", "0", "--count", "2"],
+            ["pending", "list", "--json"],
+            ["consumers", "list", "--json"],
         ],
-        ids=["stats", "stats-json", "dlq-list", "dlq-show", "tail"],
+        ids=[
+            "stats",
+            "stats-json",
+            "dlq-list",
+            "dlq-show",
+            "tail",
+            "pending",
+            "consumers",
+        ],
     )
     def test_reading_commands_work(
         self,
@@ -484,3 +497,40 @@ def test_setuser_lines_are_accepted_by_redis(admin: redis.Redis) -> None:
         assert line.startswith("ACL ")
         assert _acl(admin, *line.split()[1:]) in (b"OK", "OK")
         _acl(admin, "DELUSER", f"{user}-doc")
+
+
+class TestOperatorUser:
+    def test_operator_commands_run_with_the_documented_rules(
+        self,
+        admin: redis.Redis,
+        server: RedisServer,
+        stream: str,
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """The README's operator rules run every command that changes a group, no refusal."""
+        _acl(admin, "SETUSER", OPERATOR_USER, *OPERATOR_RULES, f">{READONLY_PASSWORD}")
+        admin.xgroup_create(stream, GROUP, "0", mkstream=True)
+        first = str(admin.xadd(stream, {"type": "t", "data": "{}"}), "ascii")  # type: ignore[arg-type]
+        second = str(admin.xadd(stream, {"type": "t", "data": "{}"}), "ascii")  # type: ignore[arg-type]
+        admin.xreadgroup(GROUP, "w-0-0", {stream: ">"}, count=10)
+        admin.xgroup_createconsumer(stream, GROUP, "empty-0-0")
+        config = _cli_config(tmp_path / "op.toml", server, stream, OPERATOR_USER)
+        for argv in (
+            ["pending", "list"],
+            ["pending", "show", first],
+            ["pending", "claim", first],
+            ["pending", "ack", second, "--yes"],
+            ["consumers", "list"],
+            ["consumers", "remove", "empty-0-0"],
+            ["workers"],
+            ["group", "reset", "$", "--yes"],
+            ["pause"],
+            ["stats"],
+            ["resume"],
+        ):
+            status = run_admin(["--config", str(config), *argv])
+            assert status == EXIT_OK, (argv, capsys.readouterr().err)
+        assert _denials(admin, OPERATOR_USER) == []
+        owners = admin.xpending_range(stream, GROUP, "-", "+", 10)
+        assert [o["consumer"] for o in owners] == [RETRY_CONSUMER.encode()]

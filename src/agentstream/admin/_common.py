@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
 import sys
 from collections.abc import Collection, Sequence
 from typing import Any
@@ -25,11 +27,23 @@ class CommandFailed(AgentStreamError):
     """The command could not do what was asked (unknown id, ...); exit 1."""
 
 
-class Context:
-    """The loaded settings and a connection pool opened on first use."""
+def no_group(ops: AdminOps) -> CommandFailed:
+    """The failure of an operation on a stream or group that does not exist."""
+    return CommandFailed(
+        f"stream {ops.stream!r} or its consumer group {ops.group!r} does not exist"
+    )
 
-    def __init__(self, settings: Settings) -> None:
+
+class Context:
+    """The loaded settings and a connection pool opened on first use.
+
+    A command needs few connections; the web console, serving pages at once,
+    passes ``redis.max_connections``.
+    """
+
+    def __init__(self, settings: Settings, max_connections: int = 4) -> None:
         self.settings = settings
+        self._max_connections = max_connections
         self._pool: RedisConnectionPool | None = None
 
     def transport(self, stream: str, group: str = "agents") -> AdminOps:
@@ -39,7 +53,7 @@ class Context:
             self._pool = pool_from_settings(
                 self.settings.redis,
                 socket_timeout_s=SOCKET_TIMEOUT_S,
-                max_connections=4,
+                max_connections=self._max_connections,
             )
         return AdminOps.attach(stream, consumer_group=group, pool=self._pool)
 
@@ -48,6 +62,29 @@ class Context:
         if self._pool is not None:
             await self._pool.aclose()
             self._pool = None
+
+
+def confirm(question: str | None, yes: bool, what: str) -> None:
+    """Ask ``question`` on a terminal unless ``yes``; off one, demand ``--yes``.
+
+    With ``question=None`` only the terminal check is made.
+
+    Raises:
+        UsageError: stdin is not a terminal and ``yes`` is False.
+        CommandFailed: the operator declined.
+    """
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise UsageError(
+            f"{what}: add --yes to confirm (stdin is not a terminal, so it cannot ask)"
+        )
+    if question is None:
+        return
+    sys.stderr.write(f"{question} [y/N] ")
+    sys.stderr.flush()
+    if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+        raise CommandFailed("nothing changed")
 
 
 def out(line: str = "") -> None:
@@ -81,8 +118,10 @@ def one_line(value: str) -> str:
 
 
 def plural(count: int, noun: str) -> str:
-    """``1 dead letter``, ``2 dead letters``."""
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+    """``1 dead letter``, ``2 dead letters``, ``0 entries``."""
+    if count == 1:
+        return f"{count} {noun}"
+    return f"{count} {noun[:-1]}ies" if noun.endswith("y") else f"{count} {noun}s"
 
 
 def duration(ms: int) -> str:
@@ -135,3 +174,54 @@ def json_object(source: str, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise UsageError(f"{what} must be a JSON object, not {type(value).__name__}")
     return value
+
+
+# -- argument types (argparse ``type=``) -----------------------------------------
+
+_ID_RE = re.compile(r"^\d+-\d+$")
+_BOUND_RE = re.compile(r"^(\d+(-\d+)?|[-+])$")
+
+
+def entry_id_arg(value: str) -> str:
+    if not _ID_RE.match(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a stream id like 1-0")
+    return value
+
+
+def bound_arg(value: str) -> str:
+    if not _BOUND_RE.match(value):
+        msg = f"{value!r} is not a stream id (1700000000000-0, 1700000000000, - or +)"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def positive_arg(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive integer")
+    return number
+
+
+def is_entry_id(value: str) -> bool:
+    """Whether ``value`` is a full stream entry id (``1700000000000-0``)."""
+    return bool(_ID_RE.match(value))
+
+
+def non_negative_arg(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number >= 0")
+    return number
+
+
+def group_id_arg(value: str) -> str:
+    """An id XGROUP SETID takes: a stream id, ``0`` or ``$``."""
+    if value in ("0", "$") or _ID_RE.match(value):
+        return value
+    raise argparse.ArgumentTypeError(f"{value!r} is not a stream id like 1-0, 0 or $")

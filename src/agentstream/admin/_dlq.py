@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+import json
 from datetime import UTC, datetime
-from fnmatch import fnmatchcase
 
+from agentstream.admin import dead_letters
 from agentstream.admin._common import (
     CommandFailed,
     Context,
-    UsageError,
+    confirm,
     err,
     field,
     one_line,
@@ -21,102 +19,14 @@ from agentstream.admin._common import (
     table,
     text,
 )
-from agentstream.config import Settings
-from agentstream.transport.admin_ops import AdminOps
-from agentstream.transport.core import RawFields
-from agentstream.transport.keys import (
-    derived_key,
-    partition_streams,
-    physical_subscriptions,
-)
+from agentstream.admin.dead_letters import Filters, dead_letter_key
 
-#: Entries read per XRANGE while filtering.
-_PAGE = 500
-#: Entries moved or deleted per MULTI / XDEL.
-_CHUNK = 100
 #: What ``dlq list`` shows without ``--count``.
 _LIST_DEFAULT = 100
-_DLQ_PREFIX = b"dlq_"
-
-Entry = tuple[str, RawFields]
 
 
-@dataclass(frozen=True, slots=True)
-class Filters:
-    """Which dead letters a command applies to."""
-
-    type: str | None = None
-    reason: str | None = None
-    start: str = "-"
-    end: str = "+"
-    count: int | None = None
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> Filters:
-        return cls(args.type, args.reason, args.start, args.end, args.count)
-
-    @property
-    def given(self) -> bool:
-        return self != Filters()
-
-    def matches(self, fields: RawFields) -> bool:
-        """Whether an entry's type and reason match (shell-style wildcards)."""
-        if self.type is not None and not fnmatchcase(field(fields, "type"), self.type):
-            return False
-        return self.reason is None or fnmatchcase(
-            field(fields, "dlq_reason"), self.reason
-        )
-
-
-def dead_letter_key(settings: Settings, stream: str | None) -> str:
-    """The dead-letter stream of ``stream`` (default: the first subscription's).
-
-    A partitioned subscription has one dead-letter stream per partition: name
-    the partition (``orders:{3}``); ``agentstream stats`` shows each and the total.
-
-    Raises:
-        UsageError: ``stream`` names a partitioned stream, not one partition.
-    """
-    cluster = settings.redis.is_cluster
-    logical = settings.subscriptions
-    if stream is None:
-        stream = logical[0].stream
-    for sub in logical:
-        if sub.stream == stream and sub.partitions > 1:
-            first, *_, last = partition_streams(sub.stream, sub.partitions)
-            raise UsageError(
-                f"{stream} has {sub.partitions} partitions, each with its own "
-                f"dead-letter stream: name one with --stream ({first} ... {last})"
-            )
-        for physical in physical_subscriptions(sub, cluster=cluster):
-            if physical.stream == stream:
-                return physical.dead_letter_key
-    return derived_key(stream, "dlq", cluster=cluster)
-
-
-async def _select(
-    transport: AdminOps, key: str, filters: Filters, limit: int | None
-) -> AsyncIterator[Entry]:
-    """Yield up to ``limit`` matching entries of ``key``, oldest first."""
-    start, found = filters.start, 0
-    while limit is None or found < limit:
-        rows = await transport.arange_raw(key, start, filters.end, _PAGE)
-        for entry_id, fields in rows:
-            if filters.matches(fields):
-                yield entry_id, fields
-                found += 1
-                if limit is not None and found >= limit:
-                    return
-        if len(rows) < _PAGE:
-            return
-        start = f"({rows[-1][0]}"
-
-
-async def _get(transport: AdminOps, key: str, entry_id: str) -> RawFields:
-    rows = await transport.arange_raw(key, entry_id, entry_id, 1)
-    if not rows:
-        raise CommandFailed(f"no dead letter {entry_id} in {key}")
-    return rows[0][1]
+def _filters(args: argparse.Namespace) -> Filters:
+    return Filters(args.type, args.reason, args.text, args.start, args.end)
 
 
 def _none_match(key: str, filters: Filters) -> str:
@@ -126,11 +36,16 @@ def _none_match(key: str, filters: Filters) -> str:
 async def run_list(args: argparse.Namespace, ctx: Context) -> int:
     """List dead letters, oldest first: one line each."""
     key = dead_letter_key(ctx.settings, args.stream)
-    transport = ctx.transport(key)
-    filters = Filters.from_args(args)
-    limit = filters.count or _LIST_DEFAULT
+    filters = _filters(args)
+    limit = args.count or _LIST_DEFAULT
     # One more than shown, to tell whether there are more.
-    entries = [e async for e in _select(transport, key, filters, limit + 1)]
+    page = await dead_letters.find(ctx.transport(key), key, filters, limit + 1)
+    entries = page.items
+    if args.json:
+        listed = [dead_letter_json(i, f) for i, f in entries[:limit]]
+        more = entries[limit][0] if len(entries) > limit else None
+        out(json.dumps({"dead_letter_stream": key, "entries": listed, "next": more}))
+        return 0
     if not entries:
         out(_none_match(key, filters))
         return 0
@@ -141,7 +56,7 @@ async def run_list(args: argparse.Namespace, ctx: Context) -> int:
             field(fields, "type", "-"),
             field(fields, "dlq_reason", "-"),
             field(fields, "dlq_delivery_count", "-"),
-            one_line(field(fields, "dlq_error").strip().partition("\n")[0]),
+            one_line(dead_letters.first_line(fields)),
         ]
         for entry_id, fields in entries[:limit]
     ]
@@ -164,7 +79,7 @@ def _when(value: str) -> str:
 async def run_show(args: argparse.Namespace, ctx: Context) -> int:
     """Print one dead letter in full: every field, the error in full."""
     key = dead_letter_key(ctx.settings, args.stream)
-    fields = await _get(ctx.transport(key), key, args.id)
+    fields = await dead_letters.get(ctx.transport(key), key, args.id)
     out(f"dead letter {args.id} in {key}")
     names = [text(name) for name in fields]
     width = max(len(name) for name in names) if names else 0
@@ -179,87 +94,52 @@ async def run_show(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
-def _move(entry_id: str, fields: RawFields) -> tuple[str, bytes, RawFields] | str:
-    """The move that replays an entry, or why it cannot be replayed.
-
-    The target is the ``dlq_stream`` field's bytes as they are: a stream name
-    that is not UTF-8 is replayed to that very key, not to a decoded look-alike.
-    """
-    target = fields.get(b"dlq_stream")
-    if not target:
-        return f"{entry_id} has no dlq_stream field"
-    original = {k: v for k, v in fields.items() if not k.startswith(_DLQ_PREFIX)}
-    if not original:
-        return f"{entry_id} kept no event fields"
-    return entry_id, target, original
-
-
 async def run_replay(args: argparse.Namespace, ctx: Context) -> int:
     """Put dead letters back on their original streams; print the new ids."""
     key = dead_letter_key(ctx.settings, args.stream)
     transport = ctx.transport(key)
-    filters = Filters.from_args(args)
+    filters = _filters(args)
     if args.ids:
-        entries = [(i, await _get(transport, key, i)) for i in dict.fromkeys(args.ids)]
+        entries = [
+            (i, await dead_letters.get(transport, key, i))
+            for i in dict.fromkeys(args.ids)
+        ]
+        problems = dead_letters.replay_problems(entries)
+        if problems:
+            raise CommandFailed(f"cannot replay: {problems[0]}; nothing replayed")
     else:
-        entries = [e async for e in _select(transport, key, filters, filters.count)]
-    moves, problems = [], []
-    for entry_id, fields in entries:
-        move = _move(entry_id, fields)
-        if isinstance(move, str):
-            problems.append(move)
-        else:
-            moves.append(move)
-    if args.ids and problems:
-        raise CommandFailed(f"cannot replay: {problems[0]}; nothing replayed")
+        page = await dead_letters.find(transport, key, filters, args.count)
+        entries = page.items
     if not entries:
         out(_none_match(key, filters))
         return 0
-    replayed = 0
-    for i in range(0, len(moves), _CHUNK):
-        chunk = moves[i : i + _CHUNK]
-        new_ids = await transport.amove_entries(key, chunk)
-        for (entry_id, target, _), new_id in zip(chunk, new_ids, strict=True):
-            if new_id is None:
-                problems.append(f"{entry_id}: already replayed or deleted")
-                continue
-            if not isinstance(new_id, str):  # refused: still in the DLQ
-                problems.append(f"{entry_id}: {new_id}")
-                continue
-            out(f"{entry_id} -> {text(target)} {new_id}")
-            replayed += 1
-    out(f"replayed {plural(replayed, 'dead letter')} from {key}")
-    for problem in problems:
+    result = await dead_letters.replay(transport, key, entries)
+    for entry_id, target, new_id in result.replayed:
+        out(f"{entry_id} -> {target} {new_id}")
+    out(f"replayed {plural(len(result.replayed), 'dead letter')} from {key}")
+    for problem in result.problems:
         err(f"agentstream: not replayed: {problem}")
-    return 1 if problems else 0
-
-
-def _confirm(question: str) -> bool:
-    sys.stderr.write(f"{question} [y/N] ")
-    sys.stderr.flush()
-    answer = sys.stdin.readline()
-    return answer.strip().lower() in ("y", "yes")
+    return 1 if result.problems else 0
 
 
 async def run_purge(args: argparse.Namespace, ctx: Context) -> int:
     """Delete matching dead letters (all without filters), after confirmation."""
     key = dead_letter_key(ctx.settings, args.stream)
-    if not args.yes and not sys.stdin.isatty():
-        raise UsageError(
-            f"dlq purge deletes dead letters from {key}: add --yes to confirm "
-            "(stdin is not a terminal, so it cannot ask)"
-        )
+    what = f"dlq purge deletes dead letters from {key}"
+    confirm(None, args.yes, what)  # off a terminal, refuse before reading
     transport = ctx.transport(key)
-    filters = Filters.from_args(args)
-    ids = [i async for i, _ in _select(transport, key, filters, filters.count)]
+    filters = _filters(args)
+    page = await dead_letters.find(transport, key, filters, args.count)
+    ids = [i for i, _ in page.items]
     if not ids:
         out(_none_match(key, filters))
         return 0
-    question = f"Delete {plural(len(ids), 'dead letter')} from {key}?"
-    if not args.yes and not _confirm(question):
-        raise CommandFailed("nothing deleted")
-    deleted = 0
-    for i in range(0, len(ids), _CHUNK * 10):
-        deleted += await transport.adelete_entries(key, ids[i : i + _CHUNK * 10])
+    confirm(f"Delete {plural(len(ids), 'dead letter')} from {key}?", args.yes, what)
+    deleted = await dead_letters.purge(transport, key, ids)
     out(f"deleted {plural(deleted, 'dead letter')} from {key}")
     return 0
+
+
+def dead_letter_json(entry_id: str, fields: dict[bytes, bytes]) -> dict[str, str]:
+    """A dead letter as JSON: ``id`` and every field, decoded for display."""
+    return {"id": entry_id} | {text(k): text(v) for k, v in fields.items()}

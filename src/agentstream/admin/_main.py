@@ -5,18 +5,27 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
 
 from agentstream._version import __version__
-from agentstream.admin._common import CommandFailed, Context, UsageError, err
+from agentstream.admin._common import (
+    CommandFailed,
+    Context,
+    UsageError,
+    err,
+)
+from agentstream.admin._common import bound_arg as _bound
+from agentstream.admin._common import entry_id_arg as _entry_id
+from agentstream.admin._common import positive_arg as _positive
 from agentstream.admin._dlq import run_list, run_purge, run_replay, run_show
 from agentstream.admin._events import run_publish, run_tail
+from agentstream.admin._operate_args import add_operator_parsers
 from agentstream.admin._stats import run_stats
-from agentstream.config import load_settings
+from agentstream.admin._web import run_web
+from agentstream.config import load_settings, redact_url
 from agentstream.errors import ConfigError, TransportError
 from agentstream.exit_codes import (
     EXIT_CONFIG,
@@ -31,31 +40,7 @@ Command = Callable[[argparse.Namespace, Context], Awaitable[int]]
 #: Ctrl-C outside ``tail``, as a shell reports SIGINT.
 
 _CONFIG_HELP = "the worker's TOML configuration (environment overrides apply)"
-_ID_RE = re.compile(r"^\d+-\d+$")
-_BOUND_RE = re.compile(r"^(\d+(-\d+)?|[-+])$")
-
-
-def _entry_id(value: str) -> str:
-    if not _ID_RE.match(value):
-        raise argparse.ArgumentTypeError(f"{value!r} is not a stream id like 1-0")
-    return value
-
-
-def _bound(value: str) -> str:
-    if not _BOUND_RE.match(value):
-        msg = f"{value!r} is not a stream id (1700000000000-0, 1700000000000, - or +)"
-        raise argparse.ArgumentTypeError(msg)
-    return value
-
-
-def _positive(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a positive integer")
-    return number
+_URL_HELP = "the Redis to use, instead of redis.url of the configuration"
 
 
 class _Parsers:
@@ -68,6 +53,9 @@ class _Parsers:
         config.add_argument(
             "--config", metavar="PATH", default=argparse.SUPPRESS, help=_CONFIG_HELP
         )
+        config.add_argument(
+            "--redis-url", metavar="URL", default=argparse.SUPPRESS, help=_URL_HELP
+        )
         stream = argparse.ArgumentParser(add_help=False)
         stream.add_argument(
             "--stream", help="whose dead letters (default: the first subscription's)"
@@ -77,6 +65,9 @@ class _Parsers:
         group.add_argument("--type", metavar="T", help="event type (wildcards: *, ?)")
         group.add_argument(
             "--reason", metavar="R", help="dead-letter reason (wildcards)"
+        )
+        group.add_argument(
+            "--text", metavar="S", help="text in the error (case-insensitive)"
         )
         group.add_argument(
             "--from", dest="start", metavar="ID", type=_bound, default="-",
@@ -95,6 +86,7 @@ class _Parsers:
             description="Inspect and operate the Redis Streams of agentstream-worker.",
         )
         self.root.add_argument("--config", metavar="PATH", help=_CONFIG_HELP)
+        self.root.add_argument("--redis-url", metavar="URL", help=_URL_HELP)
         self.root.add_argument("--version", action="version", version=__version__)
         sub = self.root.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -112,6 +104,7 @@ class _Parsers:
         listing.add_argument(
             "stream", nargs="?", help="its dead letters (default: first subscription)"
         )
+        listing.add_argument("--json", action="store_true", help="print JSON")
         listing.set_defaults(run=run_list)
         show = actions.add_parser(
             "show", parents=[config, stream], help="print one dead letter in full"
@@ -157,6 +150,7 @@ class _Parsers:
             "--count", metavar="N", type=_positive, help="stop after N events"
         )
         tail.set_defaults(run=run_tail)
+        add_operator_parsers(sub, config)
 
     def parse(self, argv: Sequence[str] | None) -> argparse.Namespace:
         """Parse; argparse exits with status 2 (usage) or 0 (``--help``)."""
@@ -231,11 +225,18 @@ def run_admin(argv: Sequence[str] | None = None) -> int:
         args = _Parsers().parse(argv)
     except SystemExit as exc:
         return _exit_status(exc.code)
+    url = getattr(args, "redis_url", None)
+    env = None if url is None else {**os.environ, "AGENTSTREAM_REDIS__URL": url}
     try:
-        settings = load_settings(getattr(args, "config", None))
+        settings = load_settings(getattr(args, "config", None), env=env)
     except ConfigError as exc:
         err(f"agentstream: configuration error: {exc}")
         return EXIT_CONFIG
+    # Which Redis a command touches, on stderr so that stdout stays parseable.
+    user = settings.redis.username
+    err(f"redis: {redact_url(settings.redis.url)}{f' (user {user})' if user else ''}")
+    if args.command == "web":
+        return run_web(args, settings)
     try:
         return anyio.run(_run, args.run, args, Context(settings), backend="asyncio")
     except BaseException as exc:  # noqa: BLE001 - sorted out by _failure

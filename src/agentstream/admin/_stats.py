@@ -7,50 +7,16 @@ import json
 from typing import Any
 
 from agentstream.admin._common import Context, duration, out, table
+from agentstream.admin.subscriptions import physical, state
 from agentstream.config import SubscriptionSettings
-from agentstream.transport.admin_ops import AdminOps
-from agentstream.transport.group_state import GroupState, aread_group_state
-from agentstream.transport.keys import physical_subscriptions
-
-
-async def _subscription_stats(
-    transport: AdminOps, sub: SubscriptionSettings
-) -> dict[str, Any]:
-    """What one subscription looks like now; the keys are the same every time.
-
-    The group's figures are read at one instant and checked against the
-    stream (``agentstream.transport.group_state``): a lag that cannot be known
-    is null, never a number that contradicts the stream.
-    """
-    state = await aread_group_state(transport)
-    group = state if isinstance(state, GroupState) else None
-    consumers = await transport.agroup_consumers() if group is not None else None
-    return {
-        "stream": sub.stream,
-        "group": sub.group,
-        "stream_exists": state is not False,
-        "group_exists": group is not None,
-        "length": group.length if group else await transport.alength(),
-        "lag": group.lag if group else None,
-        "redis_lag": group.redis_lag if group else None,
-        "pending": group.pending if group else None,
-        "oldest_pending_id": group.oldest_pending_id if group else None,
-        "oldest_pending_age_ms": group.oldest_pending_age_ms if group else None,
-        "last_delivered_id": group.last_delivered_id if group else None,
-        "entries_read": group.entries_read if group else None,
-        "dead_letter_stream": sub.dead_letter_key,
-        "dead_letters": await transport.alength(sub.dead_letter_key),
-        "consumers": [
-            {"name": c["name"], "pending": c["pending"], "idle_ms": c["idle"]}
-            for c in consumers or ()
-        ],
-    }
 
 
 def _status(stats: dict[str, Any]) -> str:
     if not stats["stream_exists"]:
         return "no stream"
-    return "ok" if stats["group_exists"] else "no group"
+    if not stats["group_exists"]:
+        return "no group"
+    return "paused" if stats["paused"] else "ok"
 
 
 def _cell(value: Any, missing: str = "-") -> str:
@@ -130,12 +96,11 @@ async def run_stats(args: argparse.Namespace, ctx: Context) -> int:
     """Print the state of every stream key (each partition) and partition totals."""
     subscriptions: list[dict[str, Any]] = []
     totals: list[dict[str, Any]] = []
-    cluster = ctx.settings.redis.is_cluster
-    for logical in ctx.settings.subscriptions:
-        parts = []
-        for sub in physical_subscriptions(logical, cluster=cluster):
-            transport = ctx.transport(sub.stream, sub.group)
-            parts.append(await _subscription_stats(transport, sub))
+    for logical, physical_subs in physical(ctx):
+        parts = [
+            await state(ctx.transport(sub.stream, sub.group), sub)
+            for sub in physical_subs
+        ]
         subscriptions += parts
         if logical.partitions > 1:
             totals.append(_total(logical, parts))

@@ -176,6 +176,10 @@ class Metrics:
             "Unix time at which the last reaper sweep ended.",
             mode="max",
         )
+        self.paused = gauge(
+            "agentstream_subscription_paused",
+            "1 while an operator has paused the subscription (agentstream pause).",
+        )
         self.lag = gauge(
             "agentstream_group_lag",
             "Entries not yet delivered to the group (absent while unknown).",
@@ -322,6 +326,10 @@ class Metrics:
         self.consumers.labels(stream, group).set(stats.consumers)
         self.stream_length.labels(stream).set(stats.length)
         self.dead_letter_length.labels(stream).set(stats.dead_letter_length)
+
+    def set_paused(self, stream: str, group: str, paused: bool) -> None:
+        """Record whether a subscription is paused."""
+        self.paused.labels(stream, group).set(1 if paused else 0)
 
     def set_restarts(self, n: int) -> None:
         """Bring the restart counter up to ``n``, the supervisor's running total."""

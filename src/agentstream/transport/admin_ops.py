@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import (
-    Sequence,
-)
+from collections.abc import Sequence
 from typing import Any
 
 from agentstream import errors
+from agentstream.transport import keys
 from agentstream.transport.core import (
     NoGroup,
+    PendingEntry,
     RawFields,
     StreamCore,
     decode_id,
+    pending_entries,
+    pending_summary,
     to_text,
 )
 
@@ -57,6 +59,49 @@ class AdminOps(StreamCore):
             for r in rows
         ]
 
+    async def aserver_time_ms(self) -> int:
+        """Return the Redis server's clock (TIME) in Unix milliseconds."""
+        reply: Any = await self.acall("time", self.raw.time)
+        if isinstance(reply, dict):  # a cluster client asked several nodes
+            reply = next(iter(reply.values()))
+        seconds, micros = reply
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    async def apending_summary(self) -> dict[str, Any] | None:
+        """Return the group's XPENDING summary, or None without stream or group.
+
+        Unlike ``apending()`` it never recreates the group. Ids and consumer
+        names are ``str`` (undecodable bytes replaced).
+        """
+        try:
+            raw = await self.acall(
+                "xpending", lambda: self.raw.xpending(self.stream, self.group)
+            )
+        except NoGroup:
+            return None
+        summary = pending_summary(raw)
+        for key in ("min_id", "max_id"):
+            if summary[key] is not None:
+                summary[key] = to_text(summary[key])
+        summary["consumers"] = {
+            to_text(name): n for name, n in summary["consumers"].items()
+        }
+        return summary
+
+    async def astream_info(self) -> dict[str, Any] | None:
+        """XINFO STREAM of this stream (``entries-added`` on Redis 7+), or None."""
+        try:
+            raw: Any = await self.acall(
+                "xinfo stream", lambda: self.axinfo(self.raw, "XINFO STREAM")
+            )
+        except errors.ConnectionError:
+            raise
+        except errors.TransportError as exc:
+            if "no such key" in str(exc):
+                return None
+            raise
+        return {to_text(k): v for k, v in raw.items()}
+
     async def arange_raw(
         self,
         key: str | None = None,
@@ -71,6 +116,20 @@ class AdminOps(StreamCore):
         name = self.stream if key is None else key
         rows: Any = await self.acall(
             "xrange", lambda: self.raw.xrange(name, start, end, count)
+        )
+        return [(decode_id(i), dict(f)) for i, f in rows]
+
+    async def arevrange_raw(
+        self,
+        key: str | None = None,
+        end: str = "+",
+        start: str = "-",
+        count: int | None = None,
+    ) -> list[tuple[str, RawFields]]:
+        """XREVRANGE of ``key`` (or this stream), newest first, fields undecoded."""
+        name = self.stream if key is None else key
+        rows: Any = await self.acall(
+            "xrevrange", lambda: self.raw.xrevrange(name, end, start, count)
         )
         return [(decode_id(i), dict(f)) for i, f in rows]
 
@@ -138,3 +197,182 @@ class AdminOps(StreamCore):
                     )
                 )
         return outcomes
+
+    # -- pending entries -------------------------------------------------------
+    # None of these recreate a vanished stream or group: NoGroup is raised.
+
+    async def apending_page(
+        self,
+        count: int,
+        *,
+        start: str = "-",
+        end: str = "+",
+        consumer: str | None = None,
+        min_idle_ms: int | None = None,
+    ) -> list[PendingEntry]:
+        """One page of the pending entries list (XPENDING extended form).
+
+        Raises:
+            NoGroup: the stream or the group does not exist.
+        """
+        raw = await self.acall(
+            "xpending",
+            lambda: self.raw.xpending_range(
+                self.stream, self.group, start, end, count, consumer, min_idle_ms
+            ),
+        )
+        return pending_entries(raw)
+
+    async def alast_errors(self, ids: Sequence[str]) -> list[str | None]:
+        """The last error the worker recorded for each id (None where none is kept)."""
+        if not ids:
+            return []
+
+        key = keys.errors_key(self.stream, self.group, cluster=self.cluster)
+        values = await self.acall("hmget", lambda: self.raw.hmget(key, list(ids)))
+        return [None if v is None else to_text(v) for v in values]
+
+    async def aacknowledge(self, ids: Sequence[str]) -> int:
+        """XACK ``ids``; returns how many were pending.
+
+        Raises:
+            NoGroup: the stream or the group does not exist.
+        """
+        if not ids:
+            return 0
+        return int(
+            await self.acall(
+                "xack", lambda: self.raw.xack(self.stream, self.group, *ids)
+            )
+        )
+
+    async def ahand_over(
+        self, ids: Sequence[str], consumer: str, idle_ms: int
+    ) -> list[str]:
+        """Give pending ``ids`` to ``consumer`` as if idle for ``idle_ms`` (XCLAIM).
+
+        ``XCLAIM ... IDLE idle_ms JUSTID``: the delivery count stays; an id that
+        is not pending is skipped. Returns the ids handed over.
+
+        Raises:
+            NoGroup: the stream or the group does not exist.
+        """
+        if not ids:
+            return []
+        rows: Any = await self.acall(
+            "xclaim",
+            lambda: self.raw.xclaim(
+                self.stream, self.group, consumer, 0, list(ids),
+                idle=idle_ms, justid=True,
+            ),
+        )  # fmt: skip
+        return [decode_id(i) for i in rows]
+
+    # -- consumers and the group -------------------------------------------------
+
+    async def aconsumer_rows(self) -> list[dict[str, Any]] | None:
+        """XINFO CONSUMERS: ``name``, ``pending``, ``idle_ms`` and ``inactive_ms``.
+
+        ``inactive_ms`` (Redis 7.2+: time since the last successful read or
+        claim) is None on older servers. None when the stream or group is missing.
+        """
+        try:
+            rows = await self.acall(
+                "xinfo consumers",
+                lambda: self.axinfo(self.raw, "XINFO CONSUMERS", self.group),
+            )
+        except NoGroup:
+            return None
+        except errors.TransportError as exc:
+            if "no such key" in str(exc):
+                return None
+            raise
+        return [
+            {
+                "name": to_text(r["name"]),
+                "pending": int(r["pending"]),
+                "idle_ms": int(r["idle"]),
+                "inactive_ms": None
+                if r.get("inactive") is None
+                else int(r["inactive"]),
+            }
+            for r in rows
+        ]
+
+    async def aremove_empty_consumer(self, name: str) -> bool:
+        """Remove consumer ``name`` if it owns no pending entry (atomic, Lua).
+
+        Returns whether it was removed: never one that owns entries, since
+        XGROUP DELCONSUMER would drop them from the pending entries list.
+        """
+        args: list[str | int] = [self.group, 0, "only", name]
+        removed = await self.acall(
+            "xgroup delconsumer",
+            lambda: self._delete_idle(keys=[self.stream], args=args),
+        )
+        return bool(removed)
+
+    async def aset_last_delivered(self, entry_id: str) -> None:
+        """XGROUP SETID: the group's last-delivered id becomes ``entry_id``.
+
+        ``$`` is the stream's last entry. Pending entries stay pending.
+
+        Raises:
+            NoGroup: the stream or the group does not exist.
+        """
+        await self.acall(
+            "xgroup setid",
+            lambda: self.raw.xgroup_setid(self.stream, self.group, entry_id),
+        )
+
+    # -- leases and pause --------------------------------------------------------
+
+    async def aleases(self) -> list[tuple[str, int]]:
+        """The group's consumer-name leases: ``(name base, ms left)``, sorted.
+
+        SCAN over the keyspace for ``{stream}:owner:{group}:*``, then PTTL.
+        """
+        pattern = keys.lease_pattern(self.stream, self.group, cluster=self.cluster)
+        prefix = len(keys.lease_key(self.stream, self.group, "", cluster=self.cluster))
+
+        async def scan() -> list[bytes]:
+            return [k async for k in self.raw.scan_iter(match=pattern, count=1000)]
+
+        found = sorted(set(await self.acall("scan", scan)))
+        names = [to_text(k)[prefix:] for k in found]
+        ttls = await self.alease_ttls(names)
+        return [(n, t) for n, t in zip(names, ttls, strict=True) if t is not None]
+
+    async def alease_ttls(self, names: Sequence[str]) -> list[int | None]:
+        """PTTL of each name base's lease, in ms; None where no lease is held."""
+        if not names:
+            return []
+
+        async def run() -> list[Any]:
+            async with self.raw.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.pttl(
+                        keys.lease_key(
+                            self.stream, self.group, name, cluster=self.cluster
+                        )
+                    )
+                return await pipe.execute()
+
+        # -2: no key; -1: no expiry (never set by the worker, but it is held).
+        return [None if t == -2 else int(t) for t in await self.acall("pttl", run)]
+
+    async def apause_state(self) -> str | None:
+        """The pause note of this subscription (GET), or None while it runs."""
+        key = keys.pause_key(self.stream, self.group, cluster=self.cluster)
+        value = await self.acall("get", lambda: self.raw.get(key))
+        return None if value is None else to_text(value)
+
+    async def aset_pause(self, note: str | None) -> bool:
+        """Pause (SET ``note``) or resume (DEL, ``note=None``) the subscription.
+
+        Returns whether the state changed.
+        """
+        key = keys.pause_key(self.stream, self.group, cluster=self.cluster)
+        if note is None:
+            return bool(await self.acall("del", lambda: self.raw.delete(key)))
+        return bool(await self.acall("set", lambda: self.raw.set(key, note, nx=True)))

@@ -27,10 +27,15 @@ from agentstream.config import SubscriptionSettings
 from agentstream.errors import ConfigError
 
 __all__ = [
+    "RETRY_CONSUMER",
     "derived_key",
+    "errors_key",
     "hash_tag",
+    "lease_key",
+    "lease_pattern",
     "partition_for",
     "partition_streams",
+    "pause_key",
     "physical_subscriptions",
     "same_slot",
     "slot_of",
@@ -133,3 +138,29 @@ def physical_subscriptions(
             )
         )
     return result
+
+
+def errors_key(stream: str, group: str, *, cluster: bool = False) -> str:
+    """The hash of a group's error records (field: entry id): ``{stream}:errors:{group}``."""
+    return derived_key(stream, f"errors:{group}", cluster=cluster)
+
+
+def lease_key(stream: str, group: str, name: str, *, cluster: bool = False) -> str:
+    """A worker's lease on a consumer-name base: ``{stream}:owner:{group}:{name}``."""
+    return derived_key(stream, f"owner:{group}:{name}", cluster=cluster)
+
+
+def lease_pattern(stream: str, group: str, *, cluster: bool = False) -> str:
+    """A SCAN MATCH pattern for every lease of a group (glob characters escaped)."""
+    prefix = lease_key(stream, group, "", cluster=cluster)
+    escaped = "".join(f"\\{c}" if c in "*?[]\\" else c for c in prefix)
+    return escaped + "*"
+
+
+def pause_key(stream: str, group: str, *, cluster: bool = False) -> str:
+    """Set while the subscription (stream, group) is paused: ``{stream}:paused:{group}``."""
+    return derived_key(stream, f"paused:{group}", cluster=cluster)
+
+
+#: The parking consumer: failed entries wait on it until a reaper retries them.
+RETRY_CONSUMER = "agentstream-retry"

@@ -20,7 +20,7 @@ from agentstream.transport.core import (
     refusal_code,
     to_text,
 )
-from agentstream.transport.keys import derived_key
+from agentstream.transport.keys import derived_key, errors_key, pause_key
 
 __all__ = ["DeadLetterRefused", "WorkerOps"]
 
@@ -46,7 +46,7 @@ class WorkerOps(StreamCore):
     def errors_key(self) -> str:
         """The hash of this group's error records: ``{stream}:errors:{group}``
         (in the stream's cluster slot, see ``transport.keys``)."""
-        return self.derived_key(f"errors:{self.group}")
+        return errors_key(self.stream, self.group, cluster=self.cluster)
 
     # -- worker reads (undecoded bytes, for the strict decoder) -----------------
 
@@ -347,6 +347,11 @@ class WorkerOps(StreamCore):
             lambda: self._prune_errors(keys=keys, args=args),  # type: ignore[arg-type]
         )
         return to_text(next_cursor)
+
+    async def apaused(self) -> bool:
+        """Whether an operator paused this subscription (GET of its pause key)."""
+        key = pause_key(self.stream, self.group, cluster=self.cluster)
+        return await self.acall("get", lambda: self.raw.get(key)) is not None
 
     # -- consumers and groups ------------------------------------------------
 

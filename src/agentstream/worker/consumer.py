@@ -30,6 +30,7 @@ from agentstream.observe.counts import (
 )
 from agentstream.transport.core import RawEntry, RawFields, to_text
 from agentstream.transport.worker_ops import DeadLetterRefused, WorkerOps
+from agentstream.worker.pause import PauseWatch
 from agentstream.worker.unhandled import warn_unhandled
 
 __all__ = ["RETRY_CONSUMER", "Consumer"]
@@ -76,8 +77,10 @@ class Consumer:
         settings: Settings,
         limiter: anyio.CapacityLimiter,
         on_read: Callable[[], None] | None = None,
+        pause: PauseWatch | None = None,
     ) -> None:
         self.name = name
+        self.pause = pause
         self._on_read = on_read
         self.transport = transport
         self.tally = Tally()
@@ -186,6 +189,8 @@ class Consumer:
         transport = self.transport
         count = self._settings.batch_size
         block_ms = self._settings.block_ms
+        if self.pause is not None:  # pause: a read started before one ends soon
+            block_ms = min(block_ms, self.pause.max_block_ms)
         done = anyio.Event()
         done.set()
         async with send:
@@ -204,6 +209,8 @@ class Consumer:
                         break
                     self._reading = True
                     try:
+                        if self.pause is not None:  # pause: wait while paused
+                            acks = await self.pause.hold(self, acks)
                         batch = await transport.aread_batch(
                             self.name, count, block_ms, acks
                         )

@@ -78,11 +78,18 @@ class Reaper:
             await consumer.recover()
             while not consumer.stopping:
                 consumer.last_tick = time.monotonic()
-                result = await self.sweep()
-                if on_sweep is not None:
-                    on_sweep(result)
+                if not self._paused():
+                    result = await self.sweep()
+                    if on_sweep is not None:
+                        on_sweep(result)
                 with anyio.move_on_after(self._settings.interval_s):
                     await self._wake.wait()
+
+    def _paused(self) -> bool:
+        pause, transport = self.consumer.pause, self.consumer.transport
+        return pause is not None and pause.paused(
+            transport.stream_name, transport.consumer_group
+        )
 
     async def sweep(self) -> SweepResult:
         """Run one sweep over the pending list; returns what it did."""

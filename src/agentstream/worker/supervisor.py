@@ -39,6 +39,7 @@ from agentstream.worker.consumer import Consumer, describe_error
 from agentstream.worker.monitor import Monitor
 from agentstream.worker.names import NameLease, NamesExhausted
 from agentstream.worker.partitions import PartitionAssigner
+from agentstream.worker.pause import PauseWatch
 from agentstream.worker.reaper import Reaper
 from agentstream.worker.redis_state import RedisState, redis_cause
 
@@ -140,6 +141,7 @@ class Supervisor:
         self.sweeps: list[SweepResult] = []
         self.restarts = 0
         self.started = anyio.Event()
+        self.pause: PauseWatch | None = None
         self._handle_signals = handle_signals
         self._parent_pid = parent_pid
         self._stopping = anyio.Event()
@@ -262,6 +264,9 @@ class Supervisor:
                 except (NamesExhausted, AuthenticationError, PermissionDenied) as exc:
                     raise StartupError(str(exc)) from None
                 tg.start_soon(lease.keep, self._name_lost)
+                self.pause = PauseWatch(transports, monitor.metrics.set_paused)
+                await self.pause.poll()
+                tg.start_soon(self.pause.run)
                 self._start_loops(tg, transports)
                 if self.settings.metrics.enabled:
                     tg.start_soon(monitor.report, transports)
@@ -509,6 +514,7 @@ class Supervisor:
             self.settings,
             limiter,
             on_read=self.redis.answered,
+            pause=self.pause,
         )
         self.consumers.append(consumer)
         return consumer
