@@ -1084,7 +1084,7 @@ class TestWebConsole:
 
     def test_kubernetes_deployment(self, tmp_path: Path) -> None:
         """The console pod loads the workers' config, binds with a token, probes /healthz."""
-        from agentstream.web.security import check_bind, load_credentials
+        from agentstream.admin.web.security import check_bind, load_credentials
 
         container = web_container()
         assert container["command"] == ["agentstream"]

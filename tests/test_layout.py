@@ -29,6 +29,7 @@ FORBIDDEN: dict[str, set[str]] = {
     "transport": {"worker", "observe", "admin", "testing"},
     "observe": {"worker", "admin", "testing"},
     "worker": {"admin", "testing"},
+    # admin/ holds the operator commands and their web console (admin/web/)
     "admin": {"worker", "testing"},
     # root modules are the base: no wing, except cli, which wires them all
     "root": set(WINGS),

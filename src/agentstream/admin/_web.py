@@ -24,6 +24,6 @@ def run_web(args: argparse.Namespace, settings: Settings) -> int:
         )
         return EXIT_CRASH
     # Imported here: the console is optional, and web/ builds on admin/.
-    from agentstream.web.server import serve
+    from agentstream.admin.web.server import serve
 
     return serve(settings, host=args.host, port=args.port)

@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 from agentstream.admin import consumers, dead_letters, pending, subscriptions
 from agentstream.admin._common import CommandFailed, plural
-from agentstream.web.support import (
+from agentstream.admin.web.support import (
     BadInput,
     Console,
     console_of,

@@ -26,8 +26,8 @@ from redis_server import free_port, wait_for
 
 pytestmark = [pytest.mark.redis, pytest.mark.browser]
 
-ROOT = Path(__file__).resolve().parents[2]
-ARTIFACTS = Path(os.environ.get("AGENTSTREAM_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+ROOT = Path(__file__).resolve().parents[3]
+ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS_DIR", ROOT / "test-artifacts"))
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 BIN = Path(sys.executable).parent

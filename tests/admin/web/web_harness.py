@@ -14,9 +14,9 @@ from typing import Any
 
 from starlette.testclient import TestClient
 
+from agentstream.admin.web.app import create_app
+from agentstream.admin.web.security import Credentials, load_credentials
 from agentstream.config import Settings, load_settings
-from agentstream.web.app import create_app
-from agentstream.web.security import Credentials, load_credentials
 
 __all__ = [
     "CSRF",

@@ -19,8 +19,7 @@ from starlette.routing import Route
 
 from agentstream.admin import consumers, dead_letters, pending, subscriptions
 from agentstream.admin._common import CommandFailed
-from agentstream.errors import TransportError
-from agentstream.web.support import (
+from agentstream.admin.web.support import (
     BadInput,
     NotFound,
     console_of,
@@ -29,6 +28,7 @@ from agentstream.web.support import (
     int_param,
     render,
 )
+from agentstream.errors import TransportError
 
 __all__ = ["exception_handlers", "routes"]
 

@@ -15,11 +15,11 @@ from starlette.responses import Response
 from starlette.templating import Jinja2Templates
 
 from agentstream.admin._common import Context, duration, is_entry_id, text
+from agentstream.admin.web.rates import RateSampler
+from agentstream.admin.web.security import CSRF_COOKIE, Credentials, new_csrf_token
 from agentstream.config import Settings, SubscriptionSettings, redact_url
 from agentstream.transport.admin_ops import AdminOps
 from agentstream.transport.core import RawFields
-from agentstream.web.rates import RateSampler
-from agentstream.web.security import CSRF_COOKIE, Credentials, new_csrf_token
 
 __all__ = [
     "BadInput",

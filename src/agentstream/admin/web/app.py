@@ -17,11 +17,11 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from agentstream.admin._common import Context
+from agentstream.admin.web import actions, pages
+from agentstream.admin.web.rates import RateSampler
+from agentstream.admin.web.security import AUTH_COOKIE, CSRF_COOKIE, Credentials
+from agentstream.admin.web.support import Console, csrf_ok, render, secure_cookie
 from agentstream.config import Settings
-from agentstream.web import actions, pages
-from agentstream.web.rates import RateSampler
-from agentstream.web.security import AUTH_COOKIE, CSRF_COOKIE, Credentials
-from agentstream.web.support import Console, csrf_ok, render, secure_cookie
 
 __all__ = ["create_app"]
 

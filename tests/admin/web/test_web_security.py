@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from web_harness import client_for, settings_for, write_config
 
+from agentstream.admin.web.security import check_bind, load_credentials
 from agentstream.config import WebSettings
 from agentstream.errors import ConfigError
 from agentstream.exit_codes import EXIT_CONFIG
-from agentstream.web.security import check_bind, load_credentials
 from redis_server import free_port, wait_for
 
 pytestmark = pytest.mark.redis

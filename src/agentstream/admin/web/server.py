@@ -10,12 +10,12 @@ import structlog
 import uvicorn
 
 from agentstream.admin._common import err
+from agentstream.admin.web.app import create_app
+from agentstream.admin.web.security import check_bind, load_credentials
 from agentstream.config import Settings, redact_url
 from agentstream.errors import ConfigError
 from agentstream.exit_codes import EXIT_CONFIG, EXIT_OK, EXIT_STARTUP
 from agentstream.logging import configure_logging
-from agentstream.web.app import create_app
-from agentstream.web.security import check_bind, load_credentials
 
 __all__ = ["serve"]
 
