@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from uuid import uuid4
@@ -20,9 +21,31 @@ def _anyio_backend() -> str:
     return "asyncio"
 
 
+#: Names the server executable the tests run (a redis-server or valkey-server);
+#: unset: the redis-server on the PATH.
+SERVER_ENV = "AGENTSTREAM_REDIS_SERVER"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The helpers that start servers look up "redis-server" on the PATH: put a
+    # link of that name to the chosen executable first on it.
+    exe = os.environ.get(SERVER_ENV)
+    if not exe:
+        return
+    if not os.access(exe, os.X_OK):
+        raise pytest.UsageError(f"{SERVER_ENV}={exe} is not an executable file")
+    link_dir = Path(tempfile.mkdtemp(prefix="agentstream-server-"))
+    (link_dir / "redis-server").symlink_to(Path(exe).resolve())
+    os.environ["PATH"] = f"{link_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+    config.add_cleanup(lambda: shutil.rmtree(link_dir, ignore_errors=True))
+
+
 def _require_redis_server() -> str:
-    """Skip without redis-server; in CI (``CI`` set) a missing one is a failure."""
-    exe = shutil.which("redis-server")
+    """Skip without redis-server; in CI (``CI`` set) a missing one is a failure.
+
+    ``AGENTSTREAM_REDIS_SERVER`` names the executable; unset, the PATH's.
+    """
+    exe = os.environ.get(SERVER_ENV) or shutil.which("redis-server")
     if exe is not None:
         return exe
     if os.environ.get("CI"):
