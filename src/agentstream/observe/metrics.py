@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 from wsgiref.simple_server import WSGIRequestHandler, make_server
@@ -149,6 +149,29 @@ class Metrics:
             (),
             "livesum",
         )
+        self.retention_dropped = Counter(
+            "agentstream_retention_dropped_total",
+            "Entries the processed-retention hard cap removed before the group "
+            "acknowledged them; state: unread (lost) or pending (lost unless "
+            "the consumer holding them lives).",
+            ("stream", "group", "state"),
+            registry=registry,
+        )
+        self.retention_trimmed = Counter(
+            "agentstream_retention_trimmed_total",
+            "Entries the worker's trimmer removed from a processed-retention "
+            "stream; reason: acknowledged (by every group) or cap.",
+            ("stream", "reason"),
+            registry=registry,
+        )
+        self.memory_policy = gauge(
+            "agentstream_redis_maxmemory_policy",
+            "1 for Redis's current maxmemory-policy (INFO memory); any policy "
+            "but noeviction may evict streams.",
+            ("policy",),
+            "max",
+        )
+        self._policy: str | None = None
         build = gauge(
             "agentstream_build_info", "agentstream version.", ("version",), "max"
         )
@@ -200,6 +223,30 @@ class Metrics:
         self.consumers.labels(stream, group).set(stats.consumers)
         self.stream_length.labels(stream).set(stats.length)
         self.dead_letter_length.labels(stream).set(stats.dead_letter_length)
+
+    def record_trim(
+        self,
+        stream: str,
+        acknowledged: int,
+        capped: int,
+        dropped: Mapping[str, tuple[int, int]],
+    ) -> None:
+        """Count what one trim removed, and per group ``(unread, pending)`` of
+        what the cap removed before that group acknowledged it."""
+        if acknowledged:
+            self.retention_trimmed.labels(stream, "acknowledged").inc(acknowledged)
+        # Touched even at 0, so that increase() sees the first removals.
+        self.retention_trimmed.labels(stream, "cap").inc(capped)
+        for group, (unread, pending) in dropped.items():
+            self.retention_dropped.labels(stream, group, "unread").inc(unread)
+            self.retention_dropped.labels(stream, group, "pending").inc(pending)
+
+    def set_memory_policy(self, policy: str) -> None:
+        """Show ``policy`` as Redis's maxmemory-policy (only the current one)."""
+        if self._policy is not None and self._policy != policy:
+            self.memory_policy.remove(self._policy)
+        self._policy = policy
+        self.memory_policy.labels(policy).set(1)
 
     def set_restarts(self, n: int) -> None:
         """Bring the restart counter up to ``n``, the supervisor's running total."""

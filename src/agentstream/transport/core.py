@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Self, TypeVar
 from urllib.parse import urlsplit
 
@@ -17,6 +18,15 @@ from agentstream import errors
 from agentstream.event import encode_fields
 from agentstream.transport import scripts as _scripts
 from agentstream.transport.pool import RedisConnectionPool
+from agentstream.transport.retention import (
+    Retention,
+    ServerFeatures,
+    ackdel_args,
+    acked_count,
+    features_from_command_info,
+    is_unknown_command,
+    xadd_args,
+)
 
 __all__ = [
     "ClaimResult",
@@ -25,10 +35,12 @@ __all__ = [
     "RawEntry",
     "RawFields",
     "StreamCore",
+    "consumer_idle_ms",
     "decode_id",
     "pairs_to_fields",
     "pending_entries",
     "pending_summary",
+    "send",
     "to_text",
 ]
 
@@ -81,6 +93,29 @@ def _location(url: str) -> str:
     return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
 
 
+def consumer_idle_ms(row: dict[Any, Any]) -> int:
+    """A consumer's idle time from its ``XINFO CONSUMERS`` row, in ms.
+
+    Where the reply has ``inactive`` (Redis 7.2+, Valkey 7.2+): the time since
+    the consumer's last successful read or claim, since ``idle`` there counts
+    any attempt, even a read that returned nothing. ``inactive`` is -1 for a
+    consumer that never succeeded: then ``idle``. Redis 7.0 has ``idle`` only,
+    the time since its last read or claim.
+    """
+    inactive = row.get("inactive", row.get(b"inactive"))
+    if inactive is not None and int(inactive) >= 0:
+        return int(inactive)
+    return int(row.get("idle", row.get(b"idle", 0)))
+
+
+def send(client: Any, args: Sequence[Any]) -> Any:
+    """Send one command (name first) through a redis-py client or pipeline.
+
+    For commands and options redis-py 5 has no method for (XACKDEL, ACKED).
+    """
+    return client.execute_command(*args)
+
+
 def decode_id(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -122,6 +157,10 @@ class StreamCore:
         self._release = self.raw.register_script(_scripts.RELEASE)
         self._move = self.raw.register_script(_scripts.MOVE)
         self._delete_idle = self.raw.register_script(_scripts.DELETE_IDLE_CONSUMERS)
+        self._trim = self.raw.register_script(_scripts.TRIM)
+        #: ``"length"`` (the seed's trimming on publish) or ``"processed"``.
+        self.retention: Retention = "length"
+        self._features: ServerFeatures | None = None
 
     @classmethod
     def attach(
@@ -281,21 +320,94 @@ class StreamCore:
         data: dict[str, Any],
         metadata: dict[str, Any] | None = None,
     ) -> str:
-        """Publish an event (XADD with approximate MAXLEN); returns the new id."""
+        """Publish an event (XADD with approximate MAXLEN); returns the new id.
+
+        In ``"processed"`` retention it does not trim at all.
+        """
         fields: dict[Any, Any] = encode_fields(event_type, data, metadata)
-        return decode_id(
-            await self.acall(
-                "xadd",
-                lambda: self.aio.xadd(
-                    self.stream, fields, maxlen=self.max_len, approximate=True
-                ),
+        if self.retention == "length":
+            return decode_id(
+                await self.acall(
+                    "xadd",
+                    lambda: self.aio.xadd(
+                        self.stream, fields, maxlen=self.max_len, approximate=True
+                    ),
+                )
             )
-        )
+        args = xadd_args(self.stream, fields, self.retention, self.max_len)
+        return decode_id(await self.acall("xadd", partial(send, self.aio, args)))
+
+    def publish_sync(self, fields: dict[Any, Any]) -> str:
+        """Blocking XADD of encoded ``fields`` under this stream's retention."""
+        args = xadd_args(self.stream, fields, self.retention, self.max_len)
+        return decode_id(self.call("xadd", partial(send, self.sync, args)))
+
+    # -- server features -------------------------------------------------------
+
+    async def afeatures(self) -> ServerFeatures:
+        """The server's stream abilities (``COMMAND INFO``), detected once.
+
+        A user whose ACL denies ``COMMAND INFO`` gets the commands every server
+        knows.
+        """
+        if self._features is None:
+            await anyio.to_thread.run_sync(self.features)
+        assert self._features is not None
+        return self._features
+
+    def features(self) -> ServerFeatures:
+        """Blocking ``afeatures()``."""
+        if self._features is None:
+            # redis-py's parser of COMMAND replies fails on the nil an unknown
+            # command gets: read the reply as it comes, on the same pool.
+            client = type(self.sync)(connection_pool=self.sync.connection_pool)
+            client.set_response_callback("COMMAND", lambda reply, **_: reply)
+            args = ("COMMAND", "INFO", "XACKDEL")
+            try:
+                reply = self.call("command info", partial(send, client, args))
+            except errors.PermissionDenied:
+                reply = None
+            self._features = features_from_command_info(reply)
+        return self._features
+
+    def feature_lost(self, exc: BaseException) -> bool:
+        """After a command failed: True (and forget the feature) when the server
+        no longer knows it (a failover to an older server); the caller retries."""
+        if not is_unknown_command(exc):
+            return False
+        self._features = ServerFeatures(ackdel=False)
+        return True
+
+    async def adeletes_on_ack(self) -> bool:
+        """Whether acknowledgements also delete what every group acknowledged."""
+        return self.retention == "processed" and (await self.afeatures()).ackdel
+
+    async def amaxmemory_policy(self) -> str:
+        """The server's ``maxmemory-policy`` (from ``INFO memory``, which needs no
+        ``CONFIG`` permission); anything but ``noeviction`` may evict streams."""
+        info = await self.acall("info", lambda: self.aio.info("memory"))
+        return to_text(info.get("maxmemory_policy", "unknown"))
 
     async def aack(self, ids: Sequence[str | bytes]) -> int:
-        """Acknowledge ids (XACK); returns how many were pending."""
+        """Acknowledge ids (XACK); returns how many were pending.
+
+        In ``"processed"`` retention on Redis 8.2+ this is ``XACKDEL ... ACKED``,
+        which also deletes the entries every group has acknowledged.
+        """
         if not ids:
             return 0
+        if await self.adeletes_on_ack():
+            args = ackdel_args(self.stream, self.group, ids)
+            try:
+                reply = await self.acall(
+                    "xackdel",
+                    lambda: send(self.raw, args),
+                    recreate=True,
+                )
+                return acked_count(reply)
+            except errors.TransportError as exc:
+                if not self.feature_lost(exc):
+                    raise
         return int(
             await self.acall(
                 "xack",

@@ -9,6 +9,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "xgroup delconsumer": ("evalsha", "xinfo", "xgroup"),
     "lease": ("evalsha", "get", "set", "del"),
     "xadd/xdel": ("evalsha", "xdel", "xadd"),
+    "xtrim": ("evalsha", "exists", "xinfo", "xpending", "xtrim", "xlen", "xrange"),
 }
 
 # KEYS[1] stream; ARGV group, consumer, min_idle_ms, id...
@@ -127,4 +128,75 @@ end
 local fields = {}
 for i = 2, #ARGV do fields[#fields + 1] = ARGV[i] end
 return redis.call('XADD', KEYS[2], '*', unpack(fields))
+"""
+
+# KEYS[1] stream; ARGV max_len (0: no cap), chunk
+# Processed-only retention. First removes the entries that every consumer group
+# has acknowledged: those below the oldest id any group still has pending or
+# not yet read (XTRIM MINID). Then, if the stream is still longer than max_len,
+# removes up to `chunk` of its oldest entries even though some group still needs
+# them, and counts per group those it had not read yet (lost to it for sure)
+# and those pending in it (in a consumer's hands, or lost if that consumer is
+# gone). A stream without groups keeps everything but the cap. Atomic, so
+# every removal is counted once, by one caller.
+# Returns {removed_acknowledged, removed_by_cap, over_cap_left,
+#          {group, unread, pending, ...}}.
+TRIM = """
+local key, max_len, chunk = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
+if redis.call('EXISTS', key) == 0 then return {0, 0, 0, {}} end
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local function less(a, b)
+  local am, as = parse(a)
+  local bm, bs = parse(b)
+  return am < bm or (am == bm and as < bs)
+end
+local groups, floor = {}, nil
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', key)) do
+  local info = {}
+  for j = 1, #g, 2 do info[g[j]] = g[j + 1] end
+  local last = info['last-delivered-id']
+  local ms = string.match(last, '^(%d+)-')
+  local _, seq = parse(last)
+  -- Everything up to last-delivered-id and not pending was acknowledged.
+  local g_floor = ms .. '-' .. tostring(seq + 1)
+  if seq >= 2^53 then g_floor = last end
+  if tonumber(info['pending']) > 0 then
+    local oldest = redis.call('XPENDING', key, info['name'])[2]
+    if less(oldest, g_floor) then g_floor = oldest end
+  end
+  groups[#groups + 1] = {info['name'], last}
+  if floor == nil or less(g_floor, floor) then floor = g_floor end
+end
+local acknowledged = 0
+if floor ~= nil then
+  acknowledged = redis.call('XTRIM', key, 'MINID', floor)
+end
+local length = redis.call('XLEN', key)
+if max_len <= 0 or length <= max_len then return {acknowledged, 0, 0, {}} end
+local excess = math.min(length - max_len, chunk)
+-- The first entry kept is the (excess + 1)-th: trim below it, exactly.
+local rows = redis.call('XRANGE', key, '-', '+', 'COUNT', excess + 1)
+local dropped = {}
+for _, g in ipairs(groups) do
+  local name, last = g[1], g[2]
+  local unread, pending = 0, 0
+  for i = 1, excess do
+    local id = rows[i][1]
+    if less(last, id) then
+      unread = unread + 1
+    elseif #redis.call('XPENDING', key, name, id, id, 1) > 0 then
+      pending = pending + 1
+    end
+  end
+  if unread + pending > 0 then
+    dropped[#dropped + 1] = name
+    dropped[#dropped + 1] = unread
+    dropped[#dropped + 1] = pending
+  end
+end
+local removed = redis.call('XTRIM', key, 'MINID', rows[excess + 1][1])
+return {acknowledged, removed, length - removed - max_len, dropped}
 """

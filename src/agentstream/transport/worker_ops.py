@@ -6,18 +6,54 @@ import time
 from collections.abc import (
     Sequence,
 )
+from dataclasses import dataclass, field
 from typing import Any
 
+from agentstream import errors
 from agentstream.transport.core import (
     ClaimResult,
     RawEntry,
     RawFields,
     StreamCore,
+    consumer_idle_ms,
     decode_id,
     pairs_to_fields,
+    send,
 )
+from agentstream.transport.retention import ackdel_args
 
-__all__ = ["WorkerOps"]
+__all__ = ["Dropped", "TrimResult", "WorkerOps"]
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """Entries the hard cap removed before one group acknowledged them.
+
+    Attributes:
+        unread: not yet delivered to the group: lost to it.
+        pending: delivered and not acknowledged: still handled if the consumer
+            holding them lives; otherwise counted as ``lost`` when found gone.
+    """
+
+    unread: int
+    pending: int
+
+
+@dataclass(frozen=True, slots=True)
+class TrimResult:
+    """What one processed-retention trim removed (``WorkerOps.atrim_processed``).
+
+    Attributes:
+        acknowledged: entries removed because every group acknowledged them.
+        capped: entries removed by the hard cap, needed or not.
+        over_cap: entries still above the cap (another call removes them).
+        dropped: by group name, the capped entries it had not acknowledged.
+    """
+
+    acknowledged: int = 0
+    capped: int = 0
+    over_cap: int = 0
+    dropped: dict[str, Dropped] = field(default_factory=dict)
 
 
 class WorkerOps(StreamCore):
@@ -41,6 +77,7 @@ class WorkerOps(StreamCore):
         """
         block = self.block(block_ms)
         streams: dict[Any, Any] = {self.stream: ">"}
+        ackdel = bool(ack_ids) and await self.adeletes_on_ack()
 
         async def read() -> Any:
             if not ack_ids:
@@ -48,9 +85,20 @@ class WorkerOps(StreamCore):
                     self.group, consumer, streams, count=count, block=block
                 )
             async with self.raw.pipeline(transaction=False) as pipe:
-                pipe.xack(self.stream, self.group, *ack_ids)
+                if ackdel:
+                    send(pipe, ackdel_args(self.stream, self.group, ack_ids))
+                else:
+                    pipe.xack(self.stream, self.group, *ack_ids)
                 pipe.xreadgroup(self.group, consumer, streams, count=count, block=block)
-                return (await pipe.execute())[1]
+                acked, rows = await pipe.execute(raise_on_error=False)
+            if isinstance(acked, Exception):
+                if not (ackdel and self.feature_lost(acked)):
+                    raise acked
+                # The server lost XACKDEL: the read happened; acknowledge plainly.
+                await self.raw.xack(self.stream, self.group, *ack_ids)
+            if isinstance(rows, Exception):
+                raise rows
+            return rows
 
         rows: Any = await self.acall("xreadgroup", read, recreate=True)
         return rows[0][1] if rows else []
@@ -167,15 +215,46 @@ class WorkerOps(StreamCore):
             }
         )
         dead.update({f"dlq_{k}": v for k, v in details.items()})
+        ackdel = await self.adeletes_on_ack()
 
         async def run() -> list[Any]:
             async with self.raw.pipeline(transaction=True) as pipe:
                 pipe.xadd(dead_letter_stream, dead, maxlen=max_len, approximate=True)
-                pipe.xack(self.stream, self.group, entry_id)
+                if ackdel:
+                    send(pipe, ackdel_args(self.stream, self.group, [entry_id]))
+                else:
+                    pipe.xack(self.stream, self.group, entry_id)
                 return await pipe.execute()
 
-        new_id, _ = await self.acall("dead letter", run)
+        try:
+            new_id, _ = await self.acall("dead letter", run)
+        except errors.TransportError as exc:
+            if not (ackdel and self.feature_lost(exc)):
+                raise
+            ackdel = False
+            new_id, _ = await self.acall("dead letter", run)
         return decode_id(new_id)
+
+    # -- processed-only retention ----------------------------------------------
+
+    async def atrim_processed(self, max_len: int, chunk: int = 1000) -> TrimResult:
+        """Remove what every group acknowledged, then enforce the hard cap.
+
+        One atomic script (``scripts.TRIM``): ``XTRIM MINID`` below the oldest
+        entry any group of the stream still has pending or unread; then, while
+        the stream is longer than ``max_len`` (0: no cap), up to ``chunk`` of
+        its oldest entries are removed anyway and counted per group. Call again
+        while ``over_cap`` is above 0.
+        """
+        acknowledged, capped, over_cap, flat = await self.acall(
+            "xtrim",
+            lambda: self._trim(keys=[self.stream], args=[max_len, chunk]),
+        )
+        dropped = {
+            decode_id(flat[i]): Dropped(int(flat[i + 1]), int(flat[i + 2]))
+            for i in range(0, len(flat), 3)
+        }
+        return TrimResult(int(acknowledged), int(capped), int(over_cap), dropped)
 
     # -- failures remembered between deliveries ------------------------------
 
@@ -221,8 +300,10 @@ class WorkerOps(StreamCore):
     async def aconsumers(self) -> list[dict[str, Any]]:
         """List the group's consumers: ``name``, ``pending`` and ``idle`` (ms).
 
-        ``idle`` is the time since the consumer last read or claimed something
-        (Redis 7.2+ calls that ``inactive``; its ``idle`` counts failed reads too).
+        ``idle`` is the time since the consumer last read or claimed something:
+        ``inactive`` where the server reports it (Redis 7.2+, Valkey), whose
+        ``idle`` counts reads that returned nothing too (see
+        ``consumer_idle_ms``).
         """
         rows = await self.acall(
             "xinfo consumers",
@@ -233,7 +314,7 @@ class WorkerOps(StreamCore):
             {
                 "name": r["name"],
                 "pending": int(r["pending"]),
-                "idle": int(r.get("inactive", r["idle"])),
+                "idle": consumer_idle_ms(r),
             }
             for r in rows
         ]

@@ -21,6 +21,7 @@ from agentstream.errors import (
     StartupError,
     TransportError,
 )
+from agentstream.observe.counts import SweepResult
 from agentstream.observe.metrics import (
     CollectorRegistry,
     MetricsServer,
@@ -30,8 +31,9 @@ from agentstream.transport.worker_ops import WorkerOps
 from agentstream.worker.consumer import Consumer, describe_error
 from agentstream.worker.monitor import Monitor
 from agentstream.worker.names import NameLease, NamesExhausted
-from agentstream.worker.reaper import Reaper, SweepResult
+from agentstream.worker.reaper import Reaper
 from agentstream.worker.redis_state import RedisState
+from agentstream.worker.trimmer import Trimmer
 
 __all__ = ["Supervisor"]
 
@@ -78,6 +80,7 @@ class Supervisor:
         self.redis = RedisState()
         self.consumers: list[Consumer] = []
         self.reapers: list[Reaper] = []
+        self.trimmers: list[Trimmer] = []
         self.sweeps: list[SweepResult] = []
         self.restarts = 0
         self.started = anyio.Event()
@@ -179,6 +182,7 @@ class Supervisor:
                 except (NamesExhausted, AuthenticationError, PermissionDenied) as exc:
                     raise StartupError(str(exc)) from None
                 tg.start_soon(lease.keep, self._name_lost)
+                await monitor.check_memory_policy(transports[0], at_start=True)
                 self._start_loops(tg, transports)
                 if self.settings.metrics.enabled:
                     tg.start_soon(monitor.report, transports)
@@ -199,6 +203,8 @@ class Supervisor:
                     consumer.stop()
                 for reaper in self.reapers:
                     reaper.stop()
+                for trimmer in self.trimmers:
+                    trimmer.stop()
                 with anyio.move_on_after(settings.shutdown_timeout_s):
                     await self._all_done.wait()
                 tg.cancel_scope.cancel()
@@ -239,6 +245,10 @@ class Supervisor:
                 delay = min(delay * 2, _MAX_BACKOFF_S)
                 continue
             self.redis.answered()
+            for sub, transport in zip(
+                self.settings.subscriptions, transports, strict=True
+            ):
+                transport.retention = sub.retention.mode
             return transports
         return None
 
@@ -259,6 +269,12 @@ class Supervisor:
             self.reapers.append(reaper)
             on_sweep = partial(self._swept, reaper)
             self._spawn(tg, reaper_consumer.name, partial(reaper.run, on_sweep))
+            if sub.retention.mode == "processed":
+                trimmer = Trimmer(transport, sub.retention)
+                self.trimmers.append(trimmer)
+                on_trim = partial(self.monitor.record_trim, transport)
+                name = f"trimmer {sub.stream}/{sub.group}"
+                self._spawn(tg, name, partial(trimmer.run, on_trim))
 
     def _consumer(
         self,
