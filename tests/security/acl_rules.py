@@ -73,6 +73,8 @@ WORKER_COMMANDS: tuple[str, ...] = (
     # the Lua scripts
     "+evalsha",
     "+script|load",
+    # maxmemory-policy from INFO memory, at start and with the metrics
+    "+info",
 )
 
 #: What ``agentstream stats``, ``dlq list``/``show`` and ``tail`` run.
@@ -88,6 +90,8 @@ READONLY_COMMANDS: tuple[str, ...] = (
     "+xinfo|consumers",
     "+xrange",
     "+xread",
+    # stats shows maxmemory-policy (INFO memory)
+    "+info",
 )
 
 #: ``ACL SETUSER agentstream-worker <rules> >password``

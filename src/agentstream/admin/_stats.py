@@ -8,7 +8,9 @@ from typing import Any
 
 from agentstream.admin._common import Context, duration, out, table, text
 from agentstream.config import SubscriptionSettings
+from agentstream.errors import PermissionDenied
 from agentstream.transport.admin_ops import AdminOps
+from agentstream.transport.retention import eviction_line
 
 
 def _ms_part(entry_id: str) -> int:
@@ -102,19 +104,36 @@ def _render(subscriptions: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+async def _memory_policy(transport: AdminOps) -> str | None:
+    """Redis's maxmemory-policy, or None when the user may not run INFO."""
+    try:
+        return await transport.amaxmemory_policy()
+    except PermissionDenied:
+        return None
+
+
 async def run_stats(args: argparse.Namespace, ctx: Context) -> int:
     """Print the state of every subscription, as a table or as JSON."""
     subscriptions = []
     now_ms: int | None = None
+    policy: str | None = None
     for sub in ctx.settings.subscriptions:
         transport = ctx.transport(sub.stream, sub.group)
         if now_ms is None:
             # The server's clock: the ids are its milliseconds, not ours.
             now_ms = await transport.aserver_time_ms()
+            policy = await _memory_policy(transport)
         subscriptions.append(await _subscription_stats(transport, sub, now_ms))
     if args.json:
-        out(json.dumps({"subscriptions": subscriptions}, indent=2))
+        out(
+            json.dumps(
+                {"maxmemory_policy": policy, "subscriptions": subscriptions},
+                indent=2,
+            )
+        )
     else:
         for line in _render(subscriptions):
             out(line)
+        out("")
+        out(eviction_line(policy))
     return 0

@@ -241,6 +241,12 @@ class Metrics:
             self.retention_dropped.labels(stream, group, "unread").inc(unread)
             self.retention_dropped.labels(stream, group, "pending").inc(pending)
 
+    def init_retention(self, stream: str, group: str) -> None:
+        """Show a subscription's dropped-entry counts from 0, in any mode (in
+        ``"length"`` mode the worker never trims, so they stay 0)."""
+        for state in ("unread", "pending"):
+            self.retention_dropped.labels(stream, group, state)
+
     def set_memory_policy(self, policy: str) -> None:
         """Show ``policy`` as Redis's maxmemory-policy (only the current one)."""
         if self._policy is not None and self._policy != policy:

@@ -34,6 +34,7 @@ __all__ = [
     "ServerFeatures",
     "ackdel_args",
     "acked_count",
+    "eviction_line",
     "features_from_command_info",
     "is_unknown_command",
     "xadd_args",
@@ -104,3 +105,16 @@ def acked_count(reply: Sequence[Any]) -> int:
     and deleted), 2 (acknowledged, kept for another group) or -1 (was not
     pending in this group), as ``XACK`` counts."""
     return sum(1 for r in reply if int(r) != -1)
+
+
+def eviction_line(policy: str | None) -> str:
+    """The line ``stats`` and ``--check`` print about ``maxmemory-policy``."""
+    if policy is None:
+        return "redis maxmemory-policy: unknown (this user may not run INFO)"
+    if policy == "noeviction":
+        return "redis maxmemory-policy: noeviction (streams are never evicted)"
+    return (
+        f"warning: redis maxmemory-policy is {policy}: under memory pressure Redis "
+        "may evict streams, consumer groups and their pending entries, and the "
+        "events in them are lost; set maxmemory-policy noeviction"
+    )

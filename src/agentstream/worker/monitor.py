@@ -59,6 +59,8 @@ class Monitor:
         self._sup = supervisor
         self.registry = registry
         self.metrics = Metrics(registry)
+        for sub in supervisor.settings.subscriptions:
+            self.metrics.init_retention(sub.stream, sub.group)
         self.port: int | None = None
         self.heartbeat = Heartbeat()
         self.systemd = SystemdNotifier()
