@@ -229,9 +229,11 @@ class StreamCore:
             text = str(exc)
             if "NOGROUP" in text:  # pipelines prefix the command's position
                 raise NoGroup(text, operation) from None
-            if "can't run this command" in text:
-                # A command inside a Lua script refused by the ACL: Redis does
-                # not say which one, so name all that the script runs.
+            if "can't run this command" in text or "ACL failure in script" in text:
+                # A command inside a Lua script refused by the ACL. Redis 7.0
+                # does not say which one ("can't run this command"); Redis
+                # 7.2+ and Valkey do ("ACL failure in script: ... the 'set'
+                # command"). Name all that the script runs, and keep the text.
                 commands = ", ".join(
                     f"'{c}'" for c in _scripts.COMMANDS.get(operation, ())
                 )
