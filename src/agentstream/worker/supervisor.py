@@ -45,9 +45,19 @@ _HEALTHY_RUN_S = 60.0
 
 
 def unwrap(exc: BaseException) -> BaseException:
-    """The single exception inside nested task-group exception groups."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
+    """The single exception inside nested task-group exception groups.
+
+    A group of several ``TransportError`` (two tasks of one consumer lost
+    Redis at once) counts as its first one; any other group stays a group.
+    """
+    while isinstance(exc, BaseExceptionGroup):
+        if len(exc.exceptions) == 1:
+            exc = exc.exceptions[0]
+            continue
+        transport, rest = exc.split(TransportError)
+        if transport is None or rest is not None:
+            break
+        exc = transport.exceptions[0]
     return exc
 
 
