@@ -17,11 +17,11 @@ from typing import Any
 import anyio
 import pytest
 import redis.asyncio as aioredis
+from test_supervisor import make_settings
 
 from agentstream import App, Event, RedisConnectionPool, RedisStreamTransport
 from agentstream.worker.supervisor import Supervisor
 from redis_server import await_for
-from test_supervisor import make_settings
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
