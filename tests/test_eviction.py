@@ -37,25 +37,30 @@ def settings_for(server: RedisServer, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
+def stats(
+    capsys: pytest.CaptureFixture[str], url: str, tmp_path: Path, *args: str
+) -> str:
+    """``agentstream stats ARGS`` against ``url``; its output."""
+    config = tmp_path / "worker.toml"
+    config.write_text(f'[redis]\nurl = "{url}"\n')
+    assert run_admin(["stats", *args, "--config", str(config)]) == 0
+    return capsys.readouterr().out
+
+
 def test_stats_warns_about_an_evicting_policy(
     lru: RedisServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = tmp_path / "worker.toml"
-    config.write_text(f'[redis]\nurl = "{lru.url}"\n')
-    assert run_admin(["stats", "--config", str(config)]) == 0
-    out = capsys.readouterr().out
+    out = stats(capsys, lru.url, tmp_path)
     assert "warning: redis maxmemory-policy is allkeys-lru" in out
-    assert run_admin(["stats", "--json", "--config", str(config)]) == 0
-    assert json.loads(capsys.readouterr().out)["maxmemory_policy"] == "allkeys-lru"
+    out = stats(capsys, lru.url, tmp_path, "--json")
+    assert json.loads(out)["maxmemory_policy"] == "allkeys-lru"
 
 
 def test_stats_on_noeviction(
     redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = tmp_path / "worker.toml"
-    config.write_text(f'[redis]\nurl = "{redis_url}"\n')
-    assert run_admin(["stats", "--config", str(config)]) == 0
-    assert "redis maxmemory-policy: noeviction" in capsys.readouterr().out
+    out = stats(capsys, redis_url, tmp_path)
+    assert "redis maxmemory-policy: noeviction" in out
 
 
 def test_check_shows_the_policy(
