@@ -12,14 +12,19 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+import redis
 import redis.asyncio as aioredis
 from test_supervisor import make_settings
 
 from agentstream import App, Event, RedisConnectionPool, RedisStreamTransport
+from agentstream.admin import run_admin
+from agentstream.config import SubscriptionSettings, load_settings
+from agentstream.errors import ConfigError
 from agentstream.worker.supervisor import Supervisor
 from redis_server import await_for
 
@@ -191,3 +196,39 @@ class TestProcessedRetention:
         late = [i for i in published[FIRST:] if i in audit.handled]
         assert late == published[TOTAL - len(late) :]
         await client.delete(stream_name)
+
+
+class TestConfiguration:
+    def test_defaults_are_the_seeds(self) -> None:
+        sub = SubscriptionSettings(stream="s")
+        assert sub.retention.mode == "length"
+        assert sub.retention.max_len == 1_000_000
+
+    def test_an_unknown_mode_names_the_field(self, tmp_path: Path) -> None:
+        config = tmp_path / "worker.toml"
+        config.write_text(
+            '[[subscriptions]]\nstream = "s"\n[subscriptions.retention]\nmode = "x"\n'
+        )
+        with pytest.raises(ConfigError, match=r"subscriptions\[0\]\.retention\.mode"):
+            load_settings(config)
+
+    def test_cli_publish_follows_the_subscription(
+        self, redis_url: str, stream_name: str, tmp_path: Path
+    ) -> None:
+        """agentstream publish does not trim a stream subscribed in processed mode."""
+        config = tmp_path / "worker.toml"
+        config.write_text(
+            f'[redis]\nurl = "{redis_url}"\n[[subscriptions]]\n'
+            f'stream = "{stream_name}"\n[subscriptions.retention]\n'
+            'mode = "processed"\n'
+        )
+        raw = redis.Redis.from_url(redis_url)
+        raw.xgroup_create(stream_name, "agents", "0", mkstream=True)
+        for i in range(10_050):
+            raw.xadd(stream_name, {"type": "t", "data": "{}", "i": i})
+        assert (
+            run_admin(["publish", stream_name, "t", "{}", "--config", str(config)]) == 0
+        )
+        assert raw.xlen(stream_name) == 10_051  # the default max_len is 10,000
+        raw.delete(stream_name)
+        raw.close()
