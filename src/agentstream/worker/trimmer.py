@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import anyio
@@ -40,7 +39,6 @@ class Trimmer:
         self._settings = settings
         self._wake = anyio.Event()
         self._stopping = False
-        self.last_tick = time.monotonic()
 
     def stop(self) -> None:
         """Stop after the trim under way."""
@@ -51,7 +49,6 @@ class Trimmer:
         """Trim every ``interval_s`` until stopped; ``on_trim`` gets each result."""
         with structlog.contextvars.bound_contextvars(stream=self.transport.stream_name):
             while not self._stopping:
-                self.last_tick = time.monotonic()
                 result = await self.trim()
                 if on_trim is not None:
                     on_trim(result)
