@@ -17,7 +17,12 @@ import structlog
 from agentstream._version import __version__
 from agentstream.app import App
 from agentstream.config import Settings, load_settings, redacted
-from agentstream.errors import ConfigError, StartupError, TransportError
+from agentstream.errors import (
+    ConfigError,
+    PermissionDenied,
+    StartupError,
+    TransportError,
+)
 from agentstream.exit_codes import (
     EXIT_CONFIG,
     EXIT_CRASH,
@@ -27,6 +32,7 @@ from agentstream.exit_codes import (
 )
 from agentstream.logging import configure_logging
 from agentstream.transport.pool import pool_from_settings
+from agentstream.transport.retention import eviction_line
 from agentstream.transport.worker_ops import WorkerOps
 from agentstream.worker.supervisor import Supervisor
 
@@ -212,6 +218,11 @@ def check(settings: Settings, app: App) -> int:
                     f"redis: ok ({transport.location}, {sub.stream}/{sub.group}: {state})"
                 )
                 await _warn_unhandled_types(transport, app)
+            try:
+                policy: str | None = await transport.amaxmemory_policy()
+            except PermissionDenied:
+                policy = None
+            print(eviction_line(policy))
         finally:
             await pool.aclose()
 

@@ -39,6 +39,8 @@ __all__ = [
     "MetricsSettings",
     "ReaperSettings",
     "RedisSettings",
+    "Retention",
+    "RetentionSettings",
     "SentinelSettings",
     "Settings",
     "SubscriptionSettings",
@@ -269,6 +271,35 @@ class RedisSettings(BaseModel):
         return None if secret is None else secret.get_secret_value()
 
 
+#: What may remove a stream's entries: ``"length"`` (publishers trim by length,
+#: handled or not: the seed's behaviour) or ``"processed"`` (only entries every
+#: consumer group acknowledged, plus a hard cap that counts what it drops).
+Retention = Literal["length", "processed"]
+
+
+class RetentionSettings(BaseModel):
+    """How the entries of a subscribed stream leave it.
+
+    Attributes:
+        mode: ``"length"`` (the default): the worker removes nothing; publishers
+            trim the stream to about their ``max_len`` whether or not its
+            entries were handled. ``"processed"``: an entry leaves only once
+            every consumer group of the stream acknowledged it; the worker
+            deletes such entries on acknowledgement (Redis 8.2+) and trims
+            every ``interval_s`` on any server.
+        max_len: the hard cap of ``"processed"`` mode, in entries: a longer
+            stream (a group stuck or gone) loses its oldest entries anyway,
+            and each one some group had not acknowledged is counted. 0: no cap.
+        interval_s: pause between two trims in ``"processed"`` mode, in seconds.
+    """
+
+    model_config = _SECTION
+
+    mode: Retention = "length"
+    max_len: int = Field(default=1_000_000, ge=0)
+    interval_s: float = Field(default=5.0, gt=0)
+
+
 class SubscriptionSettings(BaseModel):
     """One stream the worker reads as a member of a consumer group.
 
@@ -281,6 +312,7 @@ class SubscriptionSettings(BaseModel):
             ``stream:{0}`` ... ``stream:{P-1}``; 1 is the plain ``stream``.
         ordered: each partition is handled by at most one worker process of
             the whole fleet at a time (a lease in Redis), in stream order.
+        retention: see `RetentionSettings`.
     """
 
     model_config = _SECTION
@@ -291,6 +323,7 @@ class SubscriptionSettings(BaseModel):
     dead_letter_max_len: int = Field(default=100_000, ge=1, le=2**63 - 1)
     partitions: int = Field(default=1, ge=1, le=1024)
     ordered: bool = False
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
     @property
     def dead_letter_key(self) -> str:

@@ -92,6 +92,8 @@ WORKER_COMMANDS: tuple[str, ...] = (
     "+xinfo|stream",
     "+exists",
     "+time",
+    # maxmemory-policy from INFO memory, at start and with the metrics
+    "+info",
 )
 
 #: What ``agentstream stats``, ``dlq list``/``show``, ``tail``, ``pending
@@ -118,6 +120,8 @@ READONLY_COMMANDS: tuple[str, ...] = (
     # stats: the group's figures at one instant (a script that only reads)
     "+evalsha_ro",
     "+script|load",
+    # stats shows maxmemory-policy (INFO memory)
+    "+info",
 )
 
 OPERATOR_USER = "agentstream-operator"

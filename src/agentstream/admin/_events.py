@@ -20,6 +20,12 @@ async def run_publish(args: argparse.Namespace, ctx: Context) -> int:
     data = json_object(args.data, "JSON_DATA")
     metadata = json_object(args.metadata, "--metadata") if args.metadata else None
     transport = ctx.transport(args.stream)
+    # A subscribed stream in processed retention must not be trimmed by length.
+    if any(
+        sub.stream == args.stream and sub.retention.mode == "processed"
+        for sub in ctx.settings.subscriptions
+    ):
+        transport.retention = "processed"
     out(await transport.apublish(args.type, data, metadata))
     return 0
 

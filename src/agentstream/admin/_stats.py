@@ -9,6 +9,9 @@ from typing import Any
 from agentstream.admin._common import Context, duration, out, table
 from agentstream.admin.subscriptions import physical, state
 from agentstream.config import SubscriptionSettings
+from agentstream.errors import PermissionDenied
+from agentstream.transport.admin_ops import AdminOps
+from agentstream.transport.retention import eviction_line
 
 
 def _status(stats: dict[str, Any]) -> str:
@@ -92,10 +95,20 @@ def _total(
     }
 
 
+async def _memory_policy(transport: AdminOps) -> str | None:
+    """Redis's maxmemory-policy, or None when the user may not run INFO."""
+    try:
+        return await transport.amaxmemory_policy()
+    except PermissionDenied:
+        return None
+
+
 async def run_stats(args: argparse.Namespace, ctx: Context) -> int:
     """Print the state of every stream key (each partition) and partition totals."""
     subscriptions: list[dict[str, Any]] = []
     totals: list[dict[str, Any]] = []
+    first = ctx.settings.subscriptions[0]
+    policy = await _memory_policy(ctx.transport(first.stream, first.group))
     for logical, physical_subs in physical(ctx):
         parts = [
             await state(ctx.transport(sub.stream, sub.group), sub)
@@ -105,7 +118,12 @@ async def run_stats(args: argparse.Namespace, ctx: Context) -> int:
         if logical.partitions > 1:
             totals.append(_total(logical, parts))
     if args.json:
-        out(json.dumps({"subscriptions": subscriptions, "totals": totals}, indent=2))
+        report = {
+            "maxmemory_policy": policy,
+            "subscriptions": subscriptions,
+            "totals": totals,
+        }
+        out(json.dumps(report, indent=2))
         return 0
     for line in _render(subscriptions):
         out(line)
@@ -119,4 +137,6 @@ async def run_stats(args: argparse.Namespace, ctx: Context) -> int:
         out("")
         for line in table([*headers, "DEAD LETTERS"], rows, right={2, 3, 4, 5, 6}):
             out(line)
+    out("")
+    out(eviction_line(policy))
     return 0

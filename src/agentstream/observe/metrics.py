@@ -7,7 +7,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 from wsgiref.simple_server import WSGIRequestHandler, make_server
@@ -238,6 +238,29 @@ class Metrics:
         # CPU, memory, open descriptors of this process (Linux /proc), as
         # prometheus_client.start_http_server would add by default.
         ProcessCollector(registry=registry)
+        self.retention_dropped = Counter(
+            "agentstream_retention_dropped_total",
+            "Entries the processed-retention hard cap removed before the group "
+            "acknowledged them; state: unread (lost) or pending (lost unless "
+            "the consumer holding them lives).",
+            ("stream", "group", "state"),
+            registry=registry,
+        )
+        self.retention_trimmed = Counter(
+            "agentstream_retention_trimmed_total",
+            "Entries the worker's trimmer removed from a processed-retention "
+            "stream; reason: acknowledged (by every group) or cap.",
+            ("stream", "reason"),
+            registry=registry,
+        )
+        self.memory_policy = gauge(
+            "agentstream_redis_maxmemory_policy",
+            "1 for Redis's current maxmemory-policy (INFO memory); any policy "
+            "but noeviction may evict streams.",
+            ("policy",),
+            "max",
+        )
+        self._policy: str | None = None
         build = gauge(
             "agentstream_build_info", "agentstream version.", ("version",), "max"
         )
@@ -330,6 +353,36 @@ class Metrics:
     def set_paused(self, stream: str, group: str, paused: bool) -> None:
         """Record whether a subscription is paused."""
         self.paused.labels(stream, group).set(1 if paused else 0)
+
+    def record_trim(
+        self,
+        stream: str,
+        acknowledged: int,
+        capped: int,
+        dropped: Mapping[str, tuple[int, int]],
+    ) -> None:
+        """Count what one trim removed, and per group ``(unread, pending)`` of
+        what the cap removed before that group acknowledged it."""
+        if acknowledged:
+            self.retention_trimmed.labels(stream, "acknowledged").inc(acknowledged)
+        # Touched even at 0, so that increase() sees the first removals.
+        self.retention_trimmed.labels(stream, "cap").inc(capped)
+        for group, (unread, pending) in dropped.items():
+            self.retention_dropped.labels(stream, group, "unread").inc(unread)
+            self.retention_dropped.labels(stream, group, "pending").inc(pending)
+
+    def init_retention(self, stream: str, group: str) -> None:
+        """Show a subscription's dropped-entry counts from 0, in any mode (in
+        ``"length"`` mode the worker never trims, so they stay 0)."""
+        for state in ("unread", "pending"):
+            self.retention_dropped.labels(stream, group, state)
+
+    def set_memory_policy(self, policy: str) -> None:
+        """Show ``policy`` as Redis's maxmemory-policy (only the current one)."""
+        if self._policy is not None and self._policy != policy:
+            self.memory_policy.remove(self._policy)
+        self._policy = policy
+        self.memory_policy.labels(policy).set(1)
 
     def set_restarts(self, n: int) -> None:
         """Bring the restart counter up to ``n``, the supervisor's running total."""

@@ -12,6 +12,7 @@ from agentstream.transport.core import (
     PendingEntry,
     RawFields,
     StreamCore,
+    consumer_idle_ms,
     decode_id,
     pending_entries,
     pending_summary,
@@ -36,6 +37,8 @@ class AdminOps(StreamCore):
     async def agroup_consumers(self) -> list[dict[str, Any]] | None:
         """List the group's consumers (``name``, ``pending``, ``idle`` in ms).
 
+        ``idle`` as the reaper sees it (``consumer_idle_ms``).
+
         Unlike ``aconsumers()`` it never recreates the group: None when the
         stream or the group does not exist.
         """
@@ -54,7 +57,7 @@ class AdminOps(StreamCore):
             {
                 "name": to_text(r["name"]),
                 "pending": int(r["pending"]),
-                "idle": int(r["idle"]),
+                "idle": consumer_idle_ms(r),
             }
             for r in rows
         ]

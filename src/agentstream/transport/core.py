@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Self, TypeVar
 
 import anyio
@@ -18,6 +19,14 @@ from agentstream.event import encode_fields
 from agentstream.transport import scripts as _scripts
 from agentstream.transport.keys import derived_key
 from agentstream.transport.pool import CallObserver, RedisConnectionPool
+from agentstream.transport.retention import (
+    Retention,
+    ServerFeatures,
+    ackdel_args,
+    acked_count,
+    features_from_command_info,
+    is_unknown_command,
+)
 
 __all__ = [
     "CallObserver",
@@ -27,10 +36,12 @@ __all__ = [
     "RawEntry",
     "RawFields",
     "StreamCore",
+    "consumer_idle_ms",
     "decode_id",
     "pairs_to_fields",
     "pending_entries",
     "pending_summary",
+    "send",
     "to_text",
 ]
 
@@ -113,6 +124,29 @@ def refusal_code(text: str, exc: Exception | None = None) -> str | None:
     return None if match is None else match.group(1)
 
 
+def consumer_idle_ms(row: dict[Any, Any]) -> int:
+    """A consumer's idle time from its ``XINFO CONSUMERS`` row, in ms.
+
+    Where the reply has ``inactive`` (Redis 7.2+, Valkey 7.2+): the time since
+    the consumer's last successful read or claim, since ``idle`` there counts
+    any attempt, even a read that returned nothing. ``inactive`` is -1 for a
+    consumer that never succeeded: then ``idle``. Redis 7.0 has ``idle`` only,
+    the time since its last read or claim.
+    """
+    inactive = row.get("inactive", row.get(b"inactive"))
+    if inactive is not None and int(inactive) >= 0:
+        return int(inactive)
+    return int(row.get("idle", row.get(b"idle", 0)))
+
+
+def send(client: Any, args: Sequence[Any]) -> Any:
+    """Send one command (name first) through a redis-py client or pipeline.
+
+    For commands and options redis-py 5 has no method for (XACKDEL, ACKED).
+    """
+    return client.execute_command(*args)
+
+
 def decode_id(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -160,6 +194,10 @@ class StreamCore:
         self._members = self.raw.register_script(_scripts.MEMBERS)
         self._dead_letter = self.raw.register_script(_scripts.DEAD_LETTER)
         self._prune_errors = self.raw.register_script(_scripts.PRUNE_ERROR_RECORDS)
+        self._trim = self.raw.register_script(_scripts.TRIM)
+        #: ``"length"`` (the seed's trimming on publish) or ``"processed"``.
+        self.retention: Retention = "length"
+        self._features: ServerFeatures | None = None
 
     @classmethod
     def attach(
@@ -233,9 +271,11 @@ class StreamCore:
                 raise errors.Refused(msg, operation, code) from None
             if "NOGROUP" in text:  # pipelines prefix the command's position
                 raise NoGroup(text, operation) from None
-            if "can't run this command" in text:
-                # A command inside a Lua script refused by the ACL: Redis does
-                # not say which one, so name all that the script runs.
+            if "can't run this command" in text or "ACL failure in script" in text:
+                # A command inside a Lua script refused by the ACL. Redis 7.0
+                # does not say which one ("can't run this command"); Redis
+                # 7.2+ and Valkey do ("ACL failure in script: ... the 'set'
+                # command"). Name all that the script runs, and keep the text.
                 commands = ", ".join(
                     f"'{c}'" for c in _scripts.COMMANDS.get(operation, ())
                 )
@@ -395,10 +435,18 @@ class StreamCore:
         """A key of this stream, in its cluster slot (see ``transport.keys``)."""
         return derived_key(self.stream, suffix, cluster=self.cluster)
 
+    def _trim_args(self) -> dict[str, Any]:
+        # "processed" retention never trims on publish: acknowledgements and the
+        # worker's trimmer remove what every group has handled.
+        if self.retention == "length":
+            return {"maxlen": self.max_len, "approximate": True}
+        return {}
+
     def publish_fields(self, fields: dict[Any, Any]) -> str:
-        """XADD ``fields`` (approximate MAXLEN), then WAIT if the pool asks to."""
+        """XADD ``fields`` (approximate MAXLEN in ``"length"`` retention, no
+        trimming in ``"processed"``), then WAIT if the pool asks to."""
         wait = self._pool.wait_replicas
-        xadd: dict[str, Any] = {"maxlen": self.max_len, "approximate": True}
+        xadd = self._trim_args()
         if not wait:
             return decode_id(
                 self.call("xadd", lambda: self.sync.xadd(self.stream, fields, **xadd))
@@ -425,7 +473,7 @@ class StreamCore:
     async def apublish_fields(self, fields: dict[Any, Any]) -> str:
         """Async version of ``publish_fields()``."""
         wait = self._pool.wait_replicas
-        xadd: dict[str, Any] = {"maxlen": self.max_len, "approximate": True}
+        xadd = self._trim_args()
         if not wait:
             return decode_id(
                 await self.acall(
@@ -480,14 +528,77 @@ class StreamCore:
 
         With the pool's ``wait_replicas`` above 0, returns once that many
         replicas have it (WAIT), else raises ``ReplicationTimeout``.
+        In ``"processed"`` retention it does not trim at all.
         """
         fields: dict[Any, Any] = encode_fields(event_type, data, metadata)
         return await self.apublish_fields(fields)
 
+    # -- server features -------------------------------------------------------
+
+    async def afeatures(self) -> ServerFeatures:
+        """The server's stream abilities (``COMMAND INFO``), detected once.
+
+        A user whose ACL denies ``COMMAND INFO`` gets the commands every server
+        knows.
+        """
+        if self._features is None:
+            await anyio.to_thread.run_sync(self.features)
+        assert self._features is not None
+        return self._features
+
+    def features(self) -> ServerFeatures:
+        """Blocking ``afeatures()``."""
+        if self._features is None:
+            # redis-py's parser of COMMAND replies fails on the nil an unknown
+            # command gets: read the reply as it comes, on the same pool.
+            client = type(self.sync)(connection_pool=self.sync.connection_pool)
+            client.set_response_callback("COMMAND", lambda reply, **_: reply)
+            args = ("COMMAND", "INFO", "XACKDEL")
+            try:
+                reply = self.call("command info", partial(send, client, args))
+            except errors.PermissionDenied:
+                reply = None
+            self._features = features_from_command_info(reply)
+        return self._features
+
+    def feature_lost(self, exc: BaseException) -> bool:
+        """After a command failed: True (and forget the feature) when the server
+        no longer knows it (a failover to an older server); the caller retries."""
+        if not is_unknown_command(exc):
+            return False
+        self._features = ServerFeatures(ackdel=False)
+        return True
+
+    async def adeletes_on_ack(self) -> bool:
+        """Whether acknowledgements also delete what every group acknowledged."""
+        return self.retention == "processed" and (await self.afeatures()).ackdel
+
+    async def amaxmemory_policy(self) -> str:
+        """The server's ``maxmemory-policy`` (from ``INFO memory``, which needs no
+        ``CONFIG`` permission); anything but ``noeviction`` may evict streams."""
+        info = await self.acall("info", lambda: self.aio.info("memory"))
+        return to_text(info.get("maxmemory_policy", "unknown"))
+
     async def aack(self, ids: Sequence[str | bytes]) -> int:
-        """Acknowledge ids (XACK); returns how many were pending."""
+        """Acknowledge ids (XACK); returns how many were pending.
+
+        In ``"processed"`` retention on Redis 8.2+ this is ``XACKDEL ... ACKED``,
+        which also deletes the entries every group has acknowledged.
+        """
         if not ids:
             return 0
+        if await self.adeletes_on_ack():
+            args = ackdel_args(self.stream, self.group, ids)
+            try:
+                reply = await self.acall(
+                    "xackdel",
+                    lambda: send(self.raw, args),
+                    recreate=True,
+                )
+                return acked_count(reply)
+            except errors.TransportError as exc:
+                if not self.feature_lost(exc):
+                    raise
         return int(
             await self.acall(
                 "xack",

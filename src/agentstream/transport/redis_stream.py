@@ -20,8 +20,15 @@ from agentstream.transport.core import (
     StreamCore,
     pending_entries,
     pending_summary,
+    send,
 )
 from agentstream.transport.pool import RedisConnectionPool
+from agentstream.transport.retention import (
+    RETENTION_MODES,
+    Retention,
+    ackdel_args,
+    acked_count,
+)
 
 __all__ = [
     "ClaimResult",
@@ -76,12 +83,17 @@ class RedisStreamTransport:
         consumer_group: str = "agents",
         max_len: int = 10000,
         pool: RedisConnectionPool,
+        retention: Retention = "length",
     ) -> RedisStreamTransport:
-        """Create a transport from async code without blocking the event loop."""
+        """Create a transport from async code without blocking the event loop.
+
+        ``retention`` as for the ``retention`` attribute.
+        """
         self = cls.__new__(cls)
         self._core = await StreamCore.aopen(
             stream_name, consumer_group=consumer_group, max_len=max_len, pool=pool
         )
+        self.retention = retention
         return self
 
     @property
@@ -107,6 +119,28 @@ class RedisStreamTransport:
     @max_len.setter
     def max_len(self, value: int) -> None:
         self._core.max_len = value
+
+    @property
+    def retention(self) -> Retention:
+        """What ``publish`` may trim: ``"length"`` (the default) or ``"processed"``.
+
+        ``"length"``: ``publish`` trims to about ``max_len`` entries, handled or
+        not (the seed's behaviour). ``"processed"``: only entries that every
+        consumer group of the stream has acknowledged ever leave it: ``publish``
+        does not trim (the worker's trimmer removes what every group
+        acknowledged, and enforces its hard cap), and on Redis 8.2+ ``ack``
+        deletes what every group acknowledged (``XACKDEL ... ACKED``).
+
+        Raises:
+            ValueError: another value is set.
+        """
+        return self._core.retention
+
+    @retention.setter
+    def retention(self, value: Retention) -> None:
+        if value not in RETENTION_MODES:
+            raise ValueError(f"retention must be one of {RETENTION_MODES}: {value!r}")
+        self._core.retention = value
 
     def ensure_group(self) -> None:
         """Create the consumer group at id 0 (and the stream) when missing."""
@@ -224,9 +258,23 @@ class RedisStreamTransport:
     # -- acknowledge, claim, renew -------------------------------------------
 
     def ack(self, ids: Sequence[str]) -> int:
-        """Acknowledge events as processed (XACK); returns how many were pending."""
+        """Acknowledge events as processed (XACK); returns how many were pending.
+
+        In ``"processed"`` retention on Redis 8.2+: ``XACKDEL ... ACKED``.
+        """
         if not ids:
             return 0
+        core = self._core
+        if core.retention == "processed" and core.features().ackdel:
+            args = ackdel_args(core.stream, core.group, ids)
+            try:
+                reply = core.call(
+                    "xackdel", lambda: send(core.sync, args), recreate=True
+                )
+                return acked_count(reply)
+            except errors.TransportError as exc:
+                if not core.feature_lost(exc):
+                    raise
         return int(
             self._core.call(
                 "xack",

@@ -11,9 +11,10 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "partition lease": ("evalsha", "get", "set", "incr", "pexpire", "del"),
     "members": ("evalsha", "time", "zadd", "zremrangebyscore", "pexpire", "zrange"),
     "xadd/xdel": ("evalsha", "xrange", "xadd", "xdel"),
-    "dead letter": ("evalsha", "xadd", "xack", "hdel", "hsetnx"),
+    "dead letter": ("evalsha", "xadd", "xack", "xackdel", "hdel", "hsetnx"),
     "error records": ("evalsha", "hscan", "xpending", "hdel", "del"),
     "group state": ("evalsha_ro", "exists", "xinfo", "xpending", "xrange", "time"),
+    "xtrim": ("evalsha", "exists", "xinfo", "xpending", "xtrim", "xlen", "xrange"),
 }
 
 # Error records are dropped with pcall throughout: bookkeeping (a key of another
@@ -149,7 +150,9 @@ return {1, new_id}
 """
 
 # KEYS[1] stream, KEYS[2] dead-letter stream, KEYS[3] error records;
-# ARGV group, entry id, max_len, error, field, value, ...
+# ARGV group, entry id, max_len, error, ack ("ack", or "ackdel" to acknowledge
+# with XACKDEL ... ACKED in processed retention, XACK where the server lacks it),
+# field, value, ...
 # Dead-letters one entry: the XACK (and dropping its error record) happens only
 # once the XADD succeeded. A MULTI would not do: Redis runs the XACK of a
 # transaction even when its XADD fails (WRONGTYPE, OOM). When it fails, the
@@ -158,14 +161,20 @@ return {1, new_id}
 # {1, new id}, or {0, XADD's error}.
 DEAD_LETTER = """
 local fields = {}
-for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
 local new_id = redis.pcall(
   'XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(fields))
 if type(new_id) == 'table' and new_id.err then
   redis.pcall('HSETNX', KEYS[3], ARGV[2], ARGV[4])
   return {0, new_id.err}
 end
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+local acked = nil
+if ARGV[5] == 'ackdel' then
+  acked = redis.pcall('XACKDEL', KEYS[1], ARGV[1], 'ACKED', 'IDS', 1, ARGV[2])
+end
+if acked == nil or (type(acked) == 'table' and acked.err) then
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+end
 redis.pcall('HDEL', KEYS[3], ARGV[2])
 return {1, new_id}
 """
@@ -270,4 +279,75 @@ redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - ttl)
 redis.call('PEXPIRE', KEYS[1], ttl * 2)
 return redis.call('ZRANGE', KEYS[1], 0, -1)
+"""
+
+# KEYS[1] stream; ARGV max_len (0: no cap), chunk
+# Processed-only retention. First removes the entries that every consumer group
+# has acknowledged: those below the oldest id any group still has pending or
+# not yet read (XTRIM MINID). Then, if the stream is still longer than max_len,
+# removes up to `chunk` of its oldest entries even though some group still needs
+# them, and counts per group those it had not read yet (lost to it for sure)
+# and those pending in it (in a consumer's hands, or lost if that consumer is
+# gone). A stream without groups keeps everything but the cap. Atomic, so
+# every removal is counted once, by one caller.
+# Returns {removed_acknowledged, removed_by_cap, over_cap_left,
+#          {group, unread, pending, ...}}.
+TRIM = """
+local key, max_len, chunk = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
+if redis.call('EXISTS', key) == 0 then return {0, 0, 0, {}} end
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local function less(a, b)
+  local am, as = parse(a)
+  local bm, bs = parse(b)
+  return am < bm or (am == bm and as < bs)
+end
+local groups, floor = {}, nil
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', key)) do
+  local info = {}
+  for j = 1, #g, 2 do info[g[j]] = g[j + 1] end
+  local last = info['last-delivered-id']
+  local ms = string.match(last, '^(%d+)-')
+  local _, seq = parse(last)
+  -- Everything up to last-delivered-id and not pending was acknowledged.
+  local g_floor = ms .. '-' .. tostring(seq + 1)
+  if seq >= 2^53 then g_floor = last end
+  if tonumber(info['pending']) > 0 then
+    local oldest = redis.call('XPENDING', key, info['name'])[2]
+    if less(oldest, g_floor) then g_floor = oldest end
+  end
+  groups[#groups + 1] = {info['name'], last}
+  if floor == nil or less(g_floor, floor) then floor = g_floor end
+end
+local acknowledged = 0
+if floor ~= nil then
+  acknowledged = redis.call('XTRIM', key, 'MINID', floor)
+end
+local length = redis.call('XLEN', key)
+if max_len <= 0 or length <= max_len then return {acknowledged, 0, 0, {}} end
+local excess = math.min(length - max_len, chunk)
+-- The first entry kept is the (excess + 1)-th: trim below it, exactly.
+local rows = redis.call('XRANGE', key, '-', '+', 'COUNT', excess + 1)
+local dropped = {}
+for _, g in ipairs(groups) do
+  local name, last = g[1], g[2]
+  local unread, pending = 0, 0
+  for i = 1, excess do
+    local id = rows[i][1]
+    if less(last, id) then
+      unread = unread + 1
+    elseif #redis.call('XPENDING', key, name, id, id, 1) > 0 then
+      pending = pending + 1
+    end
+  end
+  if unread + pending > 0 then
+    dropped[#dropped + 1] = name
+    dropped[#dropped + 1] = unread
+    dropped[#dropped + 1] = pending
+  end
+end
+local removed = redis.call('XTRIM', key, 'MINID', rows[excess + 1][1])
+return {acknowledged, removed, length - removed - max_len, dropped}
 """

@@ -6,6 +6,7 @@ import time
 from collections.abc import (
     Sequence,
 )
+from dataclasses import dataclass, field
 from typing import Any
 
 from agentstream import errors
@@ -15,14 +16,17 @@ from agentstream.transport.core import (
     RawEntry,
     RawFields,
     StreamCore,
+    consumer_idle_ms,
     decode_id,
     pairs_to_fields,
     refusal_code,
+    send,
     to_text,
 )
 from agentstream.transport.keys import derived_key, errors_key, pause_key
+from agentstream.transport.retention import ackdel_args, acked_count
 
-__all__ = ["DeadLetterRefused", "WorkerOps"]
+__all__ = ["DeadLetterRefused", "Dropped", "TrimResult", "WorkerOps"]
 
 
 class DeadLetterRefused(errors.TransportError):
@@ -30,6 +34,37 @@ class DeadLetterRefused(errors.TransportError):
 
     Nothing changed: the entry is still pending where it was.
     """
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """Entries the hard cap removed before one group acknowledged them.
+
+    Attributes:
+        unread: not yet delivered to the group: lost to it.
+        pending: delivered and not acknowledged: still handled if the consumer
+            holding them lives; otherwise counted as ``lost`` when found gone.
+    """
+
+    unread: int
+    pending: int
+
+
+@dataclass(frozen=True, slots=True)
+class TrimResult:
+    """What one processed-retention trim removed (``WorkerOps.atrim_processed``).
+
+    Attributes:
+        acknowledged: entries removed because every group acknowledged them.
+        capped: entries removed by the hard cap, needed or not.
+        over_cap: entries still above the cap (another call removes them).
+        dropped: by group name, the capped entries it had not acknowledged.
+    """
+
+    acknowledged: int = 0
+    capped: int = 0
+    over_cap: int = 0
+    dropped: dict[str, Dropped] = field(default_factory=dict)
 
 
 class WorkerOps(StreamCore):
@@ -66,6 +101,7 @@ class WorkerOps(StreamCore):
         """
         block = self.block(block_ms)
         streams: dict[Any, Any] = {self.stream: ">"}
+        ackdel = bool(ack_ids) and await self.adeletes_on_ack()
 
         async def read() -> Any:
             if not ack_ids:
@@ -73,10 +109,23 @@ class WorkerOps(StreamCore):
                     self.group, consumer, streams, count=count, block=block
                 )
             async with self.raw.pipeline(transaction=False) as pipe:
-                pipe.xack(self.stream, self.group, *ack_ids)
+                if ackdel:
+                    send(pipe, ackdel_args(self.stream, self.group, ack_ids))
+                else:
+                    pipe.xack(self.stream, self.group, *ack_ids)
+                # Error records go with their entries; a failure to drop them
+                # (a key of another type) is bookkeeping, and ignored.
                 pipe.hdel(self.errors_key, *ack_ids)
                 pipe.xreadgroup(self.group, consumer, streams, count=count, block=block)
-                return _replies(await pipe.execute(raise_on_error=False))[1]
+                acked, _, rows = await pipe.execute(raise_on_error=False)
+            if isinstance(acked, Exception):
+                if not (ackdel and self.feature_lost(acked)):
+                    raise acked
+                # The server lost XACKDEL: the read happened; acknowledge plainly.
+                await self.raw.xack(self.stream, self.group, *ack_ids)
+            if isinstance(rows, Exception):
+                raise rows
+            return rows
 
         rows: Any = await self.acall("xreadgroup", read, recreate=True)
         return rows[0][1] if rows else []
@@ -216,20 +265,32 @@ class WorkerOps(StreamCore):
         return [decode_id(i) for i in moved], [decode_id(i) for i in lost]
 
     async def aack(self, ids: Sequence[str | bytes]) -> int:
-        """Acknowledge ids (XACK) and drop their error records (HDEL), pipelined.
+        """Acknowledge ids and drop their error records (HDEL), pipelined.
 
-        Returns how many were pending.
+        In ``"processed"`` retention on servers with ``XACKDEL`` (Redis 8.2+) the
+        acknowledgement is ``XACKDEL ... ACKED``, which also deletes the entries
+        every group has acknowledged. Returns how many were pending.
         """
         if not ids:
             return 0
+        ackdel = await self.adeletes_on_ack()
 
         async def run() -> Any:
             async with self.raw.pipeline(transaction=False) as pipe:
-                pipe.xack(self.stream, self.group, *ids)
+                if ackdel:
+                    send(pipe, ackdel_args(self.stream, self.group, ids))
+                else:
+                    pipe.xack(self.stream, self.group, *ids)
                 pipe.hdel(self.errors_key, *ids)
                 return _replies(await pipe.execute(raise_on_error=False))[0]
 
-        return int(await self.acall("xack", run, recreate=True))
+        try:
+            reply = await self.acall("xack", run, recreate=True)
+        except errors.TransportError as exc:
+            if not (ackdel and self.feature_lost(exc)):
+                raise
+            return await self.aack(ids)  # the server lost XACKDEL: plain XACK
+        return acked_count(reply) if ackdel else int(reply)
 
     async def adead_letter(
         self,
@@ -270,7 +331,8 @@ class WorkerOps(StreamCore):
         error = f"dead letter ({details.get('reason', '?')}) refused: " + details.get(
             "error", ""
         )
-        args: list[Any] = [self.group, entry_id, max_len, error]
+        ack = "ackdel" if await self.adeletes_on_ack() else "ack"
+        args: list[Any] = [self.group, entry_id, max_len, error, ack]
         for name, value in dead.items():
             args.extend((name, value))
         keys = [self.stream, dead_letter_stream, self.errors_key]
@@ -295,6 +357,27 @@ class WorkerOps(StreamCore):
             )
             raise DeadLetterRefused(self._scrub(msg), "dead letter")
         return decode_id(result)
+
+    # -- processed-only retention ----------------------------------------------
+
+    async def atrim_processed(self, max_len: int, chunk: int = 1000) -> TrimResult:
+        """Remove what every group acknowledged, then enforce the hard cap.
+
+        One atomic script (``scripts.TRIM``): ``XTRIM MINID`` below the oldest
+        entry any group of the stream still has pending or unread; then, while
+        the stream is longer than ``max_len`` (0: no cap), up to ``chunk`` of
+        its oldest entries are removed anyway and counted per group. Call again
+        while ``over_cap`` is above 0.
+        """
+        acknowledged, capped, over_cap, flat = await self.acall(
+            "xtrim",
+            lambda: self._trim(keys=[self.stream], args=[max_len, chunk]),
+        )
+        dropped = {
+            decode_id(flat[i]): Dropped(int(flat[i + 1]), int(flat[i + 2]))
+            for i in range(0, len(flat), 3)
+        }
+        return TrimResult(int(acknowledged), int(capped), int(over_cap), dropped)
 
     # -- failures remembered between deliveries ------------------------------
 
@@ -383,8 +466,10 @@ class WorkerOps(StreamCore):
         A name that is not UTF-8 (another tool's consumer) stays ``bytes``, so
         that commands given it name that very consumer.
 
-        ``idle`` is the time since the consumer last read or claimed something
-        (Redis 7.2+ calls that ``inactive``; its ``idle`` counts failed reads too).
+        ``idle`` is the time since the consumer last read or claimed something:
+        ``inactive`` where the server reports it (Redis 7.2+, Valkey), whose
+        ``idle`` counts reads that returned nothing too (see
+        ``consumer_idle_ms``).
         """
         rows = await self.acall(
             "xinfo consumers",
@@ -395,7 +480,7 @@ class WorkerOps(StreamCore):
             {
                 "name": _name(r["name"]),
                 "pending": int(r["pending"]),
-                "idle": int(r.get("inactive", r["idle"])),
+                "idle": consumer_idle_ms(r),
             }
             for r in rows
         ]

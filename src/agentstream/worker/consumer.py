@@ -227,7 +227,13 @@ class Consumer:
                 if batch:
                     self._waiting = batch
                     done = anyio.Event()
-                    await send.send((batch, done))
+                    try:
+                        await send.send((batch, done))
+                    except anyio.BrokenResourceError:
+                        # The handling side failed and closed: its error is the
+                        # one to report; this batch stays pending on us and is
+                        # re-read by recover() when the consumer restarts.
+                        return
 
     # -- handling ----------------------------------------------------------------
 

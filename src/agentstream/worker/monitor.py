@@ -13,7 +13,7 @@ import anyio
 import structlog
 
 from agentstream.config import Settings, SubscriptionSettings
-from agentstream.errors import StartupError, TransportError
+from agentstream.errors import PermissionDenied, StartupError, TransportError
 from agentstream.observe.counts import SweepResult
 from agentstream.observe.health import (
     HEARTBEAT_INTERVAL_S,
@@ -30,7 +30,7 @@ from agentstream.observe.metrics import (
     start_server,
 )
 from agentstream.observe.systemd import SystemdNotifier
-from agentstream.transport.worker_ops import WorkerOps
+from agentstream.transport.worker_ops import TrimResult, WorkerOps
 from agentstream.worker.consumer import Consumer, describe_error
 from agentstream.worker.group_stats import collect_group_stats
 from agentstream.worker.reaper import Reaper
@@ -75,10 +75,13 @@ class Monitor:
         self._sup = supervisor
         self.registry = registry
         self.metrics = Metrics(registry, supervisor.event_types)
+        for sub in supervisor.settings.subscriptions:
+            self.metrics.init_retention(sub.stream, sub.group)
         self.port: int | None = None
         self.heartbeat = Heartbeat()
         self.systemd = SystemdNotifier()
         self._groups_error: str | None = "not checked yet"
+        self.memory_policy: str | None = None
 
     # -- metrics ---------------------------------------------------------------
 
@@ -125,11 +128,47 @@ class Monitor:
             transport.stream_name, transport.consumer_group, result
         )
 
+    def record_trim(self, transport: WorkerOps, result: TrimResult) -> None:
+        """Publish what one trim of a processed-retention stream removed."""
+        dropped = {g: (d.unread, d.pending) for g, d in result.dropped.items()}
+        self.metrics.record_trim(
+            transport.stream_name, result.acknowledged, result.capped, dropped
+        )
+
+    async def check_memory_policy(
+        self, transport: WorkerOps, *, at_start: bool = False
+    ) -> None:
+        """Read Redis's ``maxmemory-policy``: a warning (at start, and on every
+        change) unless it is ``noeviction``, and the metric.
+
+        Any other policy lets Redis evict keys under memory pressure: streams,
+        their consumer groups and pending lists, leases; events lost without
+        a trace. A user whose ACL denies ``INFO`` gets one warning at start.
+        """
+        try:
+            policy = await transport.amaxmemory_policy()
+        except PermissionDenied as exc:
+            if at_start:
+                log.warning("maxmemory_policy_unknown", error=describe_error(exc))
+            return
+        except TransportError:
+            return
+        if policy != self.memory_policy and policy != "noeviction":
+            log.warning(
+                "redis_eviction_possible",
+                maxmemory_policy=policy,
+                hint="set maxmemory-policy noeviction: evicted streams lose events",
+            )
+        self.memory_policy = policy
+        if self._sup.settings.metrics.enabled:
+            self.metrics.set_memory_policy(policy)
+
     async def report(self, transports: list[WorkerOps]) -> None:
         """Every ``reaper.interval_s``: counts, then each group's backlog."""
         subs = list(self._sup.subscriptions)  # one per stream key (partition)
         while True:
             self.record_counts()
+            await self.check_memory_policy(transports[0])
             error = None
             for sub, transport in zip(subs, transports, strict=True):
                 try:

@@ -42,6 +42,7 @@ from agentstream.worker.partitions import PartitionAssigner
 from agentstream.worker.pause import PauseWatch
 from agentstream.worker.reaper import Reaper
 from agentstream.worker.redis_state import RedisState, redis_cause
+from agentstream.worker.trimmer import Trimmer
 
 __all__ = ["Supervisor"]
 
@@ -138,6 +139,7 @@ class Supervisor:
         self.subscriptions: list[SubscriptionSettings] = []
         self.assigners: list[PartitionAssigner] = []
         self._partition_scopes: dict[tuple[str, str], _PartitionLoops] = {}
+        self.trimmers: list[Trimmer] = []
         self.sweeps: list[SweepResult] = []
         self.restarts = 0
         self.started = anyio.Event()
@@ -267,6 +269,7 @@ class Supervisor:
                 self.pause = PauseWatch(transports, monitor.metrics.set_paused)
                 await self.pause.poll()
                 tg.start_soon(self.pause.run)
+                await monitor.check_memory_policy(transports[0], at_start=True)
                 self._start_loops(tg, transports)
                 if self.settings.metrics.enabled:
                     tg.start_soon(monitor.report, transports)
@@ -287,6 +290,8 @@ class Supervisor:
                     consumer.stop()
                 for reaper in self.reapers:
                     reaper.stop()
+                for trimmer in self.trimmers:
+                    trimmer.stop()
                 with anyio.move_on_after(settings.shutdown_timeout_s):
                     await self._all_done.wait()
                 tg.cancel_scope.cancel()
@@ -359,6 +364,10 @@ class Supervisor:
                 delay = min(delay * 2, _PROBE_MAX_S)
                 continue
             self.redis.answered()
+            for sub, transport in zip(
+                self.settings.subscriptions, transports, strict=True
+            ):
+                transport.retention = sub.retention.mode
             return transports
         return None
 
@@ -392,6 +401,9 @@ class Supervisor:
                 if sub.group == logical.group
                 and sub.stream in partition_streams(logical.stream, logical.partitions)
             ]
+            for sub, transport in pairs:
+                if sub.retention.mode == "processed":
+                    self._start_trimmer(tg, sub, transport)
             if logical.ordered:
                 self._start_ordered(tg, logical, pairs, limiter)
                 continue
@@ -405,6 +417,15 @@ class Supervisor:
                     own.append(consumer.name)
                     self._spawn(tg, consumer.name, consumer.run)
                 self._start_reaper(tg, "reaper", sub, transport, limiter, own)
+
+    def _start_trimmer(
+        self, tg: anyio.abc.TaskGroup, sub: SubscriptionSettings, transport: WorkerOps
+    ) -> None:
+        trimmer = Trimmer(transport, sub.retention)
+        self.trimmers.append(trimmer)
+        on_trim = partial(self.monitor.record_trim, transport)
+        name = f"trimmer {sub.stream}/{sub.group}"
+        self._spawn(tg, name, partial(trimmer.run, on_trim))
 
     def _start_reaper(
         self,
