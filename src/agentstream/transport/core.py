@@ -551,7 +551,10 @@ class StreamCore:
         if self._features is None:
             # redis-py's parser of COMMAND replies fails on the nil an unknown
             # command gets: read the reply as it comes, on the same pool.
-            client = type(self.sync)(connection_pool=self.sync.connection_pool)
+            base: Any = self.sync
+            if self.cluster:  # the node of the stream's slot answers for it
+                base = base.get_node_from_key(self.stream).redis_connection
+            client = type(base)(connection_pool=base.connection_pool)
             client.set_response_callback("COMMAND", lambda reply, **_: reply)
             args = ("COMMAND", "INFO", "XACKDEL")
             try:
