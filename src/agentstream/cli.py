@@ -27,6 +27,7 @@ from agentstream.exit_codes import (
 from agentstream.logging import configure_logging
 from agentstream.transport.pool import pool_from_settings
 from agentstream.transport.worker_ops import WorkerOps
+from agentstream.worker.dispatcher import running_sync_calls
 from agentstream.worker.supervisor import Supervisor
 
 __all__ = [
@@ -98,7 +99,17 @@ def import_app(spec: str | None) -> App:
 
 def worker_main(argv: Sequence[str] | None = None) -> NoReturn:
     """Entry point of ``agentstream-worker``."""
-    sys.exit(run_worker(argv))
+    status = run_worker(argv)
+    abandoned = running_sync_calls()
+    if abandoned:
+        # Sync handlers still running past the shutdown deadline: Python cannot
+        # stop their threads, and would wait for them at exit. Their events are
+        # not acknowledged (redelivered later); exit now, on time.
+        log.warning("sync_handlers_abandoned", count=abandoned)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
 
 
 def run_worker(argv: Sequence[str] | None = None) -> int:
@@ -125,6 +136,9 @@ def run_worker(argv: Sequence[str] | None = None) -> int:
         except StartupError as exc:
             print(f"agentstream-worker: cannot start: {exc}", file=sys.stderr)
             return EXIT_STARTUP
+        except Exception:
+            log.exception("worker_crashed")
+            return EXIT_CRASH
     supervisor = Supervisor(
         settings,
         app,
@@ -138,7 +152,7 @@ def run_worker(argv: Sequence[str] | None = None) -> int:
         return EXIT_STARTUP
     except KeyboardInterrupt:
         return EXIT_OK
-    except Exception:
+    except BaseException:
         log.exception("worker_crashed")
         return EXIT_CRASH
 

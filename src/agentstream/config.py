@@ -145,6 +145,10 @@ class RedisSettings(BaseModel):
         return None if secret is None else secret.get_secret_value()
 
 
+#: ``data.`` or ``metadata.`` followed by one or more dot-separated keys.
+_ORDER_KEY_PATTERN = r"^(data|metadata)(\.[^.]+)+$"
+
+
 class SubscriptionSettings(BaseModel):
     """One stream the worker reads as a member of a consumer group.
 
@@ -153,6 +157,10 @@ class SubscriptionSettings(BaseModel):
         group: the consumer group, created at start if missing.
         dead_letter_stream: where failed events go; ``"{stream}:dlq"`` if unset.
         dead_letter_max_len: approximate cap on the dead-letter stream, in entries.
+        order_key: a dotted path into the event (``"data.run_id"``,
+            ``"metadata.conversation_id"``); within one worker process, events
+            with the same key start in stream order and never overlap. Unset:
+            no per-key order (``App(order_key=...)`` may still give one).
     """
 
     model_config = _SECTION
@@ -161,6 +169,7 @@ class SubscriptionSettings(BaseModel):
     group: str = Field(default="agents", min_length=1)
     dead_letter_stream: str | None = Field(default=None, min_length=1)
     dead_letter_max_len: int = Field(default=100_000, ge=1)
+    order_key: str | None = Field(default=None, pattern=_ORDER_KEY_PATTERN)
 
     @property
     def dead_letter_key(self) -> str:
@@ -237,14 +246,19 @@ class Settings(BaseSettings):
     Attributes:
         app: the handler registry as ``"package.module:attr"``.
         processes: worker processes on this machine.
-        consumers: concurrent consumers per process.
+        consumers: group consumers per process and subscription: readers,
+            each with its own Redis connection (``concurrency`` sets how many
+            handler calls run at once).
+        concurrency: the most handler calls in flight at once in one process,
+            over every consumer and subscription.
         batch_size: entries per XREADGROUP call.
         block_ms: how long XREADGROUP blocks, in ms; keep it well under
             ``shutdown_timeout_s``.
         ack_interval_ms: how long acks are gathered before one XACK, in ms.
         handler_timeout_s: time allowed to one handler call, in seconds.
         shutdown_timeout_s: grace period to finish in-flight events, in seconds.
-        sync_threads: threads available to synchronous handlers, per process.
+        sync_threads: threads available to synchronous handlers, per process;
+            a hard cap, held by a call until it returns (even past its timeout).
         unhandled: what to do with events no handler matches.
         name_prefix: prefix of consumer names; the host name if unset.
         name_lease_s: lifetime of the lease a worker holds on its consumer
@@ -266,6 +280,7 @@ class Settings(BaseSettings):
     app: str | None = None
     processes: int = Field(default=1, ge=1)
     consumers: int = Field(default=4, ge=1)
+    concurrency: int = Field(default=64, ge=1, le=100_000)
     batch_size: int = Field(default=100, ge=1, le=10_000)
     block_ms: int = Field(default=2000, ge=1)
     ack_interval_ms: int = Field(default=50, ge=1)

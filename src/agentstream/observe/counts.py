@@ -11,7 +11,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from dataclasses import dataclass, field
 
-__all__ = ["BUCKETS_S", "OUTCOMES", "SweepResult", "Tally", "TypeTally"]
+__all__ = ["BUCKETS_S", "OUTCOMES", "SLOTS", "SweepResult", "Tally", "TypeTally"]
 
 #: The ``outcome`` label values of ``agentstream_events_total``.
 OUTCOMES = (
@@ -60,14 +60,32 @@ class TypeTally:
         self.age_sum += age_s
 
 
+#: The ``slot`` label values of ``agentstream_slot_wait_seconds``: a handler
+#: slot (``concurrency``), a thread for a sync handler (``sync_threads``).
+SLOTS = ("slot", "thread")
+
+
 class Tally:
     """Everything a consumer counted since the last ``take()``."""
 
-    __slots__ = ("dead_letter_reasons", "types")
+    __slots__ = ("dead_letter_reasons", "overran", "types", "waits")
 
     def __init__(self) -> None:
         self.types: dict[str, TypeTally] = {}
         self.dead_letter_reasons: dict[str, int] = {}
+        #: Waits for a slot, by kind: ``[buckets, sum]`` as in `TypeTally`.
+        self.waits: dict[str, tuple[list[int], list[float]]] = {}
+        #: Sync handler calls that ran past handler_timeout_s (reported, not
+        #: cancelled: their outcome is counted when they return).
+        self.overran = 0
+
+    def waited(self, slot: str, seconds: float) -> None:
+        """Record one wait for a free slot of kind ``slot`` (see ``SLOTS``)."""
+        wait = self.waits.get(slot)
+        if wait is None:
+            wait = self.waits[slot] = ([0] * (len(BUCKETS_S) + 1), [0.0])
+        wait[0][bisect_left(BUCKETS_S, seconds)] += 1
+        wait[1][0] += seconds
 
     def of(self, event_type: str) -> TypeTally:
         """The tally of one event type (``other`` past ``MAX_TYPES`` types)."""
@@ -103,6 +121,8 @@ class Tally:
             self.dead_letter_reasons,
             {},
         )
+        taken.waits, self.waits = self.waits, {}
+        taken.overran, self.overran = self.overran, 0
         return taken
 
 

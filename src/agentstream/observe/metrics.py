@@ -149,6 +149,30 @@ class Metrics:
             (),
             "livesum",
         )
+        self.calls_in_flight = gauge(
+            "agentstream_handler_calls_in_flight",
+            "Handler calls running now (summed over live processes).",
+            (),
+            "livesum",
+        )
+        self.capacity = gauge(
+            "agentstream_handler_capacity",
+            "Handler calls allowed at once: concurrency, summed over live processes.",
+            (),
+            "livesum",
+        )
+        self.slot_wait = Histogram(
+            "agentstream_slot_wait_seconds",
+            "Time an event waited for a free slot before its handler started: "
+            'slot="slot" for concurrency, "thread" for sync_threads.',
+            ("stream", "group", "slot"),
+            buckets=BUCKETS_S,
+            registry=registry,
+        )
+        self.overruns = counter(
+            "agentstream_sync_handler_overruns_total",
+            "Sync handler calls that ran past handler_timeout_s (not cancellable).",
+        )
         build = gauge(
             "agentstream_build_info", "agentstream version.", ("version",), "max"
         )
@@ -172,6 +196,10 @@ class Metrics:
             _add_buckets(self.event_age.labels(stream, group), age_buckets, age_sum)
         for reason, n in tally.dead_letter_reasons.items():
             self.dead_lettered.labels(stream, group, reason).inc(n)
+        for slot, (buckets, total) in tally.waits.items():
+            _add_buckets(self.slot_wait.labels(stream, group, slot), buckets, total[0])
+        if tally.overran:
+            self.overruns.labels(stream, group).inc(tally.overran)
 
     def record_redis(self, errors: dict[str, int], reconnects: int) -> None:
         """Add Redis failures by operation and recoveries since the last call."""
@@ -210,6 +238,11 @@ class Metrics:
     def set_in_flight(self, n: int) -> None:
         """Set the number of entries read and not yet acknowledged."""
         self.in_flight.set(n)
+
+    def set_calls(self, running: int, capacity: int) -> None:
+        """Set the handler calls running now and the process's concurrency."""
+        self.calls_in_flight.set(running)
+        self.capacity.set(capacity)
 
 
 def _add_buckets(child: Histogram, buckets: list[int], total: float) -> None:

@@ -22,6 +22,7 @@ from agentstream.observe.metrics import (
 from agentstream.observe.systemd import SystemdNotifier
 from agentstream.transport.worker_ops import WorkerOps
 from agentstream.worker.consumer import Consumer, describe_error
+from agentstream.worker.dispatcher import Dispatcher
 from agentstream.worker.group_stats import collect_group_stats
 from agentstream.worker.reaper import Reaper
 from agentstream.worker.redis_state import RedisState
@@ -50,6 +51,8 @@ class Watched(Protocol):
     def redis(self) -> RedisState: ...
     @property
     def loop_since(self) -> dict[str, float | None]: ...
+    @property
+    def dispatcher(self) -> Dispatcher | None: ...
 
 
 class Monitor:
@@ -97,7 +100,9 @@ class Monitor:
             self.metrics.record_tally(stream, group, c.tally.take())
         self.metrics.set_restarts(sup.restarts)
         self.metrics.record_redis(*sup.redis.take())
-        self.metrics.set_in_flight(sum(len(c.held_ids()) for c in sup.consumers))
+        self.metrics.set_in_flight(sum(c.in_flight for c in sup.consumers))
+        if sup.dispatcher is not None:
+            self.metrics.set_calls(sup.dispatcher.running, sup.dispatcher.capacity)
 
     def record_sweep(self, reaper: Reaper, result: SweepResult) -> None:
         """Publish what one reaper sweep did."""
@@ -167,7 +172,7 @@ class Monitor:
     def status(self) -> str:
         """The one-line summary systemd shows."""
         sup = self._sup
-        in_flight = sum(len(c.held_ids()) for c in sup.consumers)
+        in_flight = sum(c.in_flight for c in sup.consumers)
         redis = "up" if sup.redis.up else "unavailable"
         return (
             f"{len(sup.consumers)} consumers on "

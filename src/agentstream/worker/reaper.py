@@ -14,7 +14,15 @@ from agentstream.observe.counts import DEAD_LETTER, SweepResult
 from agentstream.transport.core import PendingEntry
 from agentstream.worker.consumer import RETRY_CONSUMER, Consumer
 
-__all__ = ["Reaper", "backoff_ms"]
+__all__ = ["NO_ERROR_RECORDED", "Reaper", "SweepResult", "backoff_ms"]
+
+#: The dead-letter error of an entry that used up its deliveries without a
+#: handler ever reporting a failure: each delivery ended with its process (a
+#: crash, an OOM kill, os._exit) or its consumer stalled past its lease.
+NO_ERROR_RECORDED = (
+    "no error recorded: the worker process died (or stalled past its lease) "
+    "while handling it, on every delivery"
+)
 
 log = structlog.get_logger("agentstream.reaper")
 
@@ -32,7 +40,8 @@ class Reaper:
     their leases well before that. Such an entry is dead-lettered once its
     delivery count reached ``max_deliveries``; otherwise, once its idle time
     reached the backoff for its delivery count, it is claimed for this reaper's
-    own consumer and handled like any event. Consumers that own nothing and idled
+    own consumer and dispatched like any event (within the process's
+    ``concurrency``; the sweep does not wait for the handlers). Consumers that own nothing and idled
     for ``consumer_ttl_s`` are removed from the group.
 
     Several reapers (processes, replicas) may sweep one group at once: claims are
@@ -135,28 +144,42 @@ class Reaper:
     async def _take(self, due: list[PendingEntry], result: SweepResult) -> None:
         consumer = self.consumer
         transport = consumer.transport
-        claim = await transport.aclaim_entries(
-            consumer.name, self._settings.min_idle_ms, [e.id for e in due]
-        )
+        # Claim no more than the process has room for: what it claims is held
+        # (its leases renewed) until a handler slot frees.
+        reserved = await consumer.reserve(len(due))
+        if not reserved:
+            return
+        try:
+            claim = await transport.aclaim_entries(
+                consumer.name,
+                self._settings.min_idle_ms,
+                [e.id for e in due[:reserved]],
+            )
+        except BaseException:
+            consumer.unreserve(reserved)
+            raise
         result.lost += len(claim.lost)
         consumer.report_lost(claim.lost)
         retry = []
+        dead = []
         for entry in claim.entries:
             deliveries = entry.delivery_count - 1  # the claim itself counted one
             if deliveries >= self._settings.max_deliveries:
-                error = await transport.aget_last_error(entry.id)
-                await consumer.dead_letter(
-                    entry.id,
-                    entry.fields,
-                    "max_deliveries",
-                    error or "unknown (no error recorded)",
-                    deliveries,
-                )
-                consumer.tally.count(event_type(entry.fields), DEAD_LETTER)
-                result.dead_lettered += 1
+                dead.append((entry, deliveries))
             else:
                 retry.append(entry)
         if retry:
             result.claimed += len(retry)
             log.info("events_claimed", count=len(retry), consumer=consumer.name)
-            await consumer.process_entries(retry)
+        consumer.dispatch_entries(retry, reserved)
+        for entry, deliveries in dead:
+            error = await transport.aget_last_error(entry.id)
+            await consumer.dead_letter(
+                entry.id,
+                entry.fields,
+                "max_deliveries",
+                error or NO_ERROR_RECORDED,
+                deliveries,
+            )
+            consumer.tally.count(event_type(entry.fields), DEAD_LETTER)
+            result.dead_lettered += 1

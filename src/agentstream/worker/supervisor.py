@@ -28,6 +28,7 @@ from agentstream.observe.metrics import (
 from agentstream.transport.pool import RedisConnectionPool, pool_from_settings
 from agentstream.transport.worker_ops import WorkerOps
 from agentstream.worker.consumer import Consumer, describe_error
+from agentstream.worker.dispatcher import Dispatcher
 from agentstream.worker.monitor import Monitor
 from agentstream.worker.names import NameLease, NamesExhausted
 from agentstream.worker.reaper import Reaper, SweepResult
@@ -77,6 +78,7 @@ class Supervisor:
         self.process_index = process_index
         self.redis = RedisState()
         self.consumers: list[Consumer] = []
+        self.dispatcher: Dispatcher | None = None
         self.reapers: list[Reaper] = []
         self.sweeps: list[SweepResult] = []
         self.restarts = 0
@@ -245,15 +247,17 @@ class Supervisor:
     def _start_loops(
         self, tg: anyio.abc.TaskGroup, transports: list[WorkerOps]
     ) -> None:
-        limiter = anyio.CapacityLimiter(self.settings.sync_threads)
+        dispatcher = self.dispatcher = Dispatcher(
+            self.settings.concurrency, self.settings.sync_threads
+        )
         subs: list[SubscriptionSettings] = list(self.settings.subscriptions)
         for sub, transport in zip(subs, transports, strict=True):
             own: list[str] = []
             for index in range(self.settings.consumers):
-                consumer = self._consumer(index, sub, transport, limiter)
+                consumer = self._consumer(index, sub, transport, dispatcher)
                 own.append(consumer.name)
                 self._spawn(tg, consumer.name, consumer.run)
-            reaper_consumer = self._consumer("reaper", sub, transport, limiter)
+            reaper_consumer = self._consumer("reaper", sub, transport, dispatcher)
             own.append(reaper_consumer.name)
             reaper = Reaper(reaper_consumer, self.settings.reaper, own)
             self.reapers.append(reaper)
@@ -265,7 +269,7 @@ class Supervisor:
         index: int | str,
         sub: SubscriptionSettings,
         transport: WorkerOps,
-        limiter: anyio.CapacityLimiter,
+        dispatcher: Dispatcher,
     ) -> Consumer:
         consumer = Consumer(
             self.consumer_name(index),
@@ -273,7 +277,7 @@ class Supervisor:
             self.app,
             sub,
             self.settings,
-            limiter,
+            dispatcher,
             on_read=self.redis.answered,
         )
         self.consumers.append(consumer)
