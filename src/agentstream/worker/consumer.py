@@ -33,12 +33,16 @@ from agentstream.transport.worker_ops import WorkerOps
 from agentstream.worker.dispatcher import Dispatcher
 from agentstream.worker.ordering import order_key_of
 
-__all__ = ["RETRY_CONSUMER", "Consumer", "Job", "describe_error"]
+__all__ = ["RECOVERED_CONSUMER", "RETRY_CONSUMER", "Consumer", "Job", "describe_error"]
 
 #: Where a consumer parks the entries it failed, until the reaper retries them.
 #: Live consumers then hold only entries in flight (their leases fresh), so a
 #: sweep looks at this consumer's and at idle consumers' entries only.
 RETRY_CONSUMER = "agentstream-retry"
+#: Where a consumer parks, when it starts, the entries its previous run left
+#: pending (in flight when it crashed, was killed or hit the shutdown deadline):
+#: the reaper redelivers them as it does a dead consumer's.
+RECOVERED_CONSUMER = "agentstream-recovered"
 
 log = structlog.get_logger("agentstream.consumer")
 
@@ -68,6 +72,7 @@ class Job:
         "confirmed_at",
         "consumer",
         "count",
+        "done",
         "event",
         "fields",
         "generation",
@@ -100,6 +105,7 @@ class Job:
         # When this consumer last knew it owned the entry: the read or renewal
         # was sent then, so nobody can claim it before min_idle_ms after that.
         self.confirmed_at = confirmed_at
+        self.done: anyio.Event | None = None  # set when finished, if wanted
         self.event: Event | str | None = None
         self.handler: Handler | None = None
         self.key: tuple[str, str] | None = None
@@ -221,27 +227,27 @@ class Consumer:
         restart, a shutdown deadline), perhaps because of them: the reaper
         gives them the backoff and the ``max_deliveries`` limit that every
         redelivery gets, instead of handling them again at once. The move
-        (XCLAIM JUSTID to the retry consumer) leaves their delivery counts alone.
+        (XCLAIM JUSTID to `RECOVERED_CONSUMER`) leaves their delivery counts
+        alone.
         """
-        start = "-"
         batch = self._settings.batch_size
         while not self._stopping:
-            page = await self.transport.apending_range(
-                batch, consumer=self.name, start=start
-            )
-            if not page:
+            page = await self.transport.apending_range(batch, consumer=self.name)
+            if page:
+                ids = [p.id for p in page]
+                async with self._lane:
+                    moved, lost = await self.transport.atransfer(
+                        self.name, RECOVERED_CONSUMER, ids
+                    )
+                self.report_lost(lost)
+                if moved:
+                    log.info("pending_parked_for_recovery", count=len(moved))
+                continue
+            # Its own pending list now empty, reading its history returns
+            # nothing and counts no delivery, but makes the consumer known to
+            # the group (a blocked XREADGROUP on a quiet stream does not).
+            if not await self.transport.aread_own_pending(self.name, 1):
                 return
-            ids = [p.id for p in page]
-            async with self._lane:
-                moved, lost = await self.transport.atransfer(
-                    self.name, RETRY_CONSUMER, ids
-                )
-            self.report_lost(lost)
-            if moved:
-                log.info("pending_parked_for_retry", count=len(moved))
-            if len(page) < batch:
-                return
-            start = "(" + ids[-1]
 
     async def _consume(self) -> None:
         dispatcher = self._dispatcher
@@ -320,30 +326,44 @@ class Consumer:
         """Give back ``n`` reserved entries that will not be dispatched."""
         self._dispatcher.release(n)
 
-    def dispatch_entries(self, entries: Sequence[RawEntry], reserved: int) -> None:
-        """Start handling claimed entries; ``reserved`` came from `reserve`."""
+    def dispatch_entries(
+        self, entries: Sequence[RawEntry], reserved: int, *, track: bool = False
+    ) -> list[Job]:
+        """Start handling claimed entries; ``reserved`` came from `reserve`.
+
+        With ``track``, each job's ``done`` event is set when it finishes.
+        """
         self._dispatcher.release(reserved - len(entries))
-        self.dispatch(
-            ((e.id, e.fields, e.delivery_count) for e in entries), _monotonic()
+        return self.dispatch(
+            ((e.id, e.fields, e.delivery_count) for e in entries),
+            _monotonic(),
+            track=track,
         )
 
     def dispatch(
         self,
         entries: Iterable[tuple[bytes | str, RawFields | None, int]],
         confirmed_at: float,
-    ) -> None:
+        *,
+        track: bool = False,
+    ) -> list[Job]:
         """Start a task per entry (already counted as outstanding)."""
         tg = self._tg
         assert tg is not None, "dispatch() outside active()"
         admit = self._dispatcher.admit
         jobs = self._jobs
+        started = []
         for raw_id, fields, count in entries:
             job = Job(self, raw_id, fields, count, confirmed_at)
             jobs[job.id] = job
+            if track:
+                job.done = anyio.Event()
+                started.append(job)
             if fields is not None:
                 self._prepare(job, fields)
             if admit(job):  # else next_in_chain() starts it in its turn
                 tg.start_soon(self._run, job)
+        return started
 
     def _prepare(self, job: Job, fields: RawFields) -> None:
         event = decode_event(
@@ -382,6 +402,8 @@ class Consumer:
         while True:
             job.consumer._jobs.pop(job.id, None)
             dispatcher.release(1)
+            if job.done is not None:
+                job.done.set()
             after = dispatcher.next_in_chain(job)
             if after is None or after.consumer._start(after):
                 return

@@ -12,7 +12,7 @@ from agentstream.config import ReaperSettings
 from agentstream.event import event_type
 from agentstream.observe.counts import DEAD_LETTER, SweepResult
 from agentstream.transport.core import PendingEntry
-from agentstream.worker.consumer import RETRY_CONSUMER, Consumer
+from agentstream.worker.consumer import RECOVERED_CONSUMER, RETRY_CONSUMER, Consumer
 
 __all__ = ["NO_ERROR_RECORDED", "Reaper", "SweepResult", "backoff_ms"]
 
@@ -31,6 +31,9 @@ def backoff_ms(settings: ReaperSettings, delivery_count: int) -> int:
     """Idle time an entry needs before its next delivery: doubling, capped."""
     exponent = min(max(delivery_count - 1, 0), 40)
     return int(min(settings.min_idle_ms * 2**exponent, settings.max_backoff_ms))
+
+
+_PARKING = (RETRY_CONSUMER, RECOVERED_CONSUMER)
 
 
 class Reaper:
@@ -113,7 +116,7 @@ class Reaper:
         return [
             c["name"]
             for c in await self.consumer.transport.aconsumers()
-            if c["pending"] and (c["name"] == RETRY_CONSUMER or c["idle"] >= min_idle)
+            if c["pending"] and (c["name"] in _PARKING or c["idle"] >= min_idle)
         ]
 
     async def _sweep_owner(self, owner: str, result: SweepResult) -> None:
@@ -135,13 +138,31 @@ class Reaper:
                     due.append(entry)
                 else:
                     result.waiting += 1
-            if due:
+            if owner == RETRY_CONSUMER:
                 await self._take(due, result)
+            else:
+                await self._recover(due, result)
             if len(page) < settings.batch or self.consumer.stopping:
                 return
             start = "(" + page[-1].id
 
-    async def _take(self, due: list[PendingEntry], result: SweepResult) -> None:
+    async def _recover(self, due: list[PendingEntry], result: SweepResult) -> None:
+        # Entries a consumer held when it died or stalled. One that was
+        # already redelivered after such an end may be what kills its worker:
+        # it is redelivered alone, so that the entries in flight beside it do
+        # not use up their deliveries with it.
+        together = [e for e in due if e.delivery_count < 2]
+        if together:
+            await self._take(together, result)
+        for entry in due:
+            if entry.delivery_count >= 2 and not self.consumer.stopping:
+                await self._take([entry], result, alone=True)
+
+    async def _take(
+        self, due: list[PendingEntry], result: SweepResult, *, alone: bool = False
+    ) -> None:
+        if not due:
+            return
         consumer = self.consumer
         transport = consumer.transport
         # Claim no more than the process has room for: what it claims is held
@@ -171,7 +192,7 @@ class Reaper:
         if retry:
             result.claimed += len(retry)
             log.info("events_claimed", count=len(retry), consumer=consumer.name)
-        consumer.dispatch_entries(retry, reserved)
+        jobs = consumer.dispatch_entries(retry, reserved, track=alone)
         for entry, deliveries in dead:
             error = await transport.aget_last_error(entry.id)
             await consumer.dead_letter(
@@ -183,3 +204,6 @@ class Reaper:
             )
             consumer.tally.count(event_type(entry.fields), DEAD_LETTER)
             result.dead_lettered += 1
+        for job in jobs:
+            if job.done is not None:
+                await job.done.wait()
