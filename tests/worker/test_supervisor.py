@@ -253,7 +253,9 @@ class TestReaperSweep:
         producer.close()
 
 
-async def _idle_at_least(t: RedisStreamTransport | WorkerOps, entry_id: str, ms: int) -> bool:
+async def _idle_at_least(
+    t: RedisStreamTransport | WorkerOps, entry_id: str, ms: int
+) -> bool:
     [entry] = await t.apending_range(1, start=entry_id, end=entry_id)
     return entry.idle_ms >= ms
 
