@@ -280,7 +280,7 @@ class Settings(BaseSettings):
     app: str | None = None
     processes: int = Field(default=1, ge=1)
     consumers: int = Field(default=4, ge=1)
-    concurrency: int = Field(default=64, ge=1, le=100_000)
+    concurrency: int = Field(default=100, ge=1, le=100_000)
     batch_size: int = Field(default=100, ge=1, le=10_000)
     block_ms: int = Field(default=2000, ge=1)
     ack_interval_ms: int = Field(default=50, ge=1)

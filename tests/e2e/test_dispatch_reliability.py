@@ -197,9 +197,14 @@ class TestSyncTimeout:
         assert _dlq(world) == {}
         timeouts = [r for r in worker.logs() if r.get("event") == "handler_timeout"]
         assert timeouts and all(r["cancelled"] is False for r in timeouts)
-        world.wait(
-            lambda: 'slot="thread"' in _metrics(port), 15, "wait exported", worker
-        )
+
+        def thread_waits() -> float:
+            waits = _samples(
+                _metrics(port), "agentstream_slot_wait_seconds_count", "slot"
+            )
+            return waits.get("thread", 0.0)
+
+        world.wait(lambda: thread_waits() == 4, 15, "waits exported", worker)
         text = _metrics(port)
         # Handler time excludes the wait for a thread: every call under 5 s,
         # although the last two waited 4 s for one.

@@ -32,6 +32,8 @@ BUCKETS_S = (
     1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 )  # fmt: skip
 
+_FIRST_BUCKET_S = BUCKETS_S[0]
+
 # Producers may invent event types without end; past this many, the rest are
 # counted as "other" so that the label set stays bounded.
 MAX_TYPES = 200
@@ -68,7 +70,7 @@ SLOTS = ("slot", "thread")
 class Tally:
     """Everything a consumer counted since the last ``take()``."""
 
-    __slots__ = ("dead_letter_reasons", "overran", "types", "waits")
+    __slots__ = ("dead_letter_reasons", "overran", "slot_free", "types", "waits")
 
     def __init__(self) -> None:
         self.types: dict[str, TypeTally] = {}
@@ -78,13 +80,18 @@ class Tally:
         #: Sync handler calls that ran past handler_timeout_s (reported, not
         #: cancelled: their outcome is counted when they return).
         self.overran = 0
+        #: Handler slots taken without waiting (counted apart: the hot path).
+        self.slot_free = 0
 
     def waited(self, slot: str, seconds: float) -> None:
         """Record one wait for a free slot of kind ``slot`` (see ``SLOTS``)."""
         wait = self.waits.get(slot)
         if wait is None:
             wait = self.waits[slot] = ([0] * (len(BUCKETS_S) + 1), [0.0])
-        wait[0][bisect_left(BUCKETS_S, seconds)] += 1
+        if seconds <= _FIRST_BUCKET_S:  # the usual case: no wait at all
+            wait[0][0] += 1
+        else:
+            wait[0][bisect_left(BUCKETS_S, seconds)] += 1
         wait[1][0] += seconds
 
     def of(self, event_type: str) -> TypeTally:
@@ -123,6 +130,12 @@ class Tally:
         )
         taken.waits, self.waits = self.waits, {}
         taken.overran, self.overran = self.overran, 0
+        if self.slot_free:
+            buckets, _ = taken.waits.setdefault(
+                "slot", ([0] * (len(BUCKETS_S) + 1), [0.0])
+            )
+            buckets[0] += self.slot_free
+            self.slot_free = 0
         return taken
 
 

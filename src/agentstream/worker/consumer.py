@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 import traceback
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import structlog
 
 from agentstream.app import App, Handler, OrderKey
@@ -30,7 +32,7 @@ from agentstream.observe.counts import (
 )
 from agentstream.transport.core import RawEntry, RawFields, to_text
 from agentstream.transport.worker_ops import WorkerOps
-from agentstream.worker.dispatcher import Dispatcher
+from agentstream.worker.dispatcher import Dispatcher, EscapedBaseException
 from agentstream.worker.ordering import order_key_of
 
 __all__ = ["RECOVERED_CONSUMER", "RETRY_CONSUMER", "Consumer", "Job", "describe_error"]
@@ -58,6 +60,22 @@ def describe_error(exc: BaseException) -> str:
     return text if len(text) <= _ERROR_MAX else text[: _ERROR_MAX - 3] + "..."
 
 
+def _classify(exc: BaseException) -> tuple[int, BaseException | None]:
+    """The outcome of a handler call that raised ``exc``.
+
+    SystemExit, KeyboardInterrupt, GeneratorExit... raised by a handler fail
+    its event, never the worker; only the worker's own cancellation (a
+    timeout, the shutdown) is raised again.
+    """
+    if isinstance(exc, DeadLetter):
+        return DEAD_LETTER, exc
+    if isinstance(exc, Retry):
+        return RETRY, None
+    if isinstance(exc, anyio.get_cancelled_exc_class()) and _being_cancelled():
+        raise exc
+    return FAILED, exc
+
+
 def _being_cancelled() -> bool:
     # anyio cancels a task through Task.cancel(): a CancelledError that arrives
     # without it was raised by the handler itself, and is its failure.
@@ -79,6 +97,7 @@ class Job:
         "gone",
         "handler",
         "id",
+        "in_handler",
         "is_sync",
         "key",
         "lost",
@@ -112,6 +131,7 @@ class Job:
         self.started_at = 0.0
         self.scope: anyio.CancelScope | None = None
         self.is_sync = False
+        self.in_handler = False
         self.timed_out = False
         self.lost = False  # another consumer took it over
         self.gone = False  # its data left the stream (the renewal acked it)
@@ -168,6 +188,8 @@ class Consumer:
         self._lane = anyio.Lock()
         self._renewal: anyio.Event | None = None
         self._tg: anyio.abc.TaskGroup | None = None
+        self._ready: deque[Job] = deque()  # admitted, waiting for a runner
+        self._spare = 0  # runners started and not running a job yet
         self._read_scope: anyio.CancelScope | None = None
         self._waiting_room = False
         self._last_renew = 0.0
@@ -277,7 +299,7 @@ class Consumer:
                     break
                 self._waiting_room = True
                 try:
-                    reserved = await dispatcher.reserve_read(most)
+                    reserved = await dispatcher.reserve_read(most, self._ack_interval_s)
                 finally:
                     self._waiting_room = False
                 self.last_tick = sent_at = _monotonic()
@@ -348,8 +370,7 @@ class Consumer:
         track: bool = False,
     ) -> list[Job]:
         """Start a task per entry (already counted as outstanding)."""
-        tg = self._tg
-        assert tg is not None, "dispatch() outside active()"
+        assert self._tg is not None, "dispatch() outside active()"
         admit = self._dispatcher.admit
         jobs = self._jobs
         started = []
@@ -362,7 +383,8 @@ class Consumer:
             if fields is not None:
                 self._prepare(job, fields)
             if admit(job):  # else next_in_chain() starts it in its turn
-                tg.start_soon(self._run, job)
+                self._ready.append(job)
+        self._kick()
         return started
 
     def _prepare(self, job: Job, fields: RawFields) -> None:
@@ -388,14 +410,49 @@ class Consumer:
     def _start(self, job: Job) -> bool:
         if self._tg is None or job.generation != self.generation:
             return False
-        self._tg.start_soon(self._run, job)
+        self._ready.append(job)
+        self._kick()
         return True
 
-    async def _run(self, job: Job) -> None:
+    def _kick(self) -> None:
+        # Keep one runner spare while jobs are ready: a runner whose handler
+        # suspends leaves the next job to the spare, which starts another. A
+        # handler that never suspends lets one runner run a whole batch.
+        if self._ready and not self._spare and self._tg is not None:
+            self._spare += 1
+            self._tg.start_soon(self._runner)
+
+    async def _runner(self) -> None:
+        ready = self._ready
+        fresh = True
+        job: Job | None = None
         try:
-            await self._handle(job)
+            while ready:
+                # One cancel scope serves every job this runner runs until a
+                # handler timeout uses it up.
+                with anyio.CancelScope() as scope:
+                    while ready:
+                        job = ready.popleft()
+                        if fresh:
+                            fresh = False
+                            self._spare -= 1
+                        if ready and not self._spare:
+                            self._kick()
+                        job.scope = scope
+                        await self._handle(job)
+                        self._finish(job)
+                        job = None
+                if job is not None:  # its handler timed out
+                    timed_out, job = job, None
+                    try:
+                        await self._conclude(timed_out, TIMEOUT, None)
+                    finally:
+                        self._finish(timed_out)
         finally:
-            self._finish(job)
+            if job is not None:  # cancelled: left pending for redelivery
+                self._finish(job)
+            if fresh:
+                self._spare -= 1
 
     def _finish(self, job: Job) -> None:
         dispatcher = self._dispatcher
@@ -404,6 +461,8 @@ class Consumer:
             dispatcher.release(1)
             if job.done is not None:
                 job.done.set()
+            if job.key is None:
+                return
             after = dispatcher.next_in_chain(job)
             if after is None or after.consumer._start(after):
                 return
@@ -412,11 +471,10 @@ class Consumer:
             job = after
 
     def _drop_unstarted(self) -> None:
-        # Entries fetched but never started (waiting for their key) when the
-        # handler tasks ended: they stay pending; give their room back.
-        for job in list(self._jobs.values()):
-            if job.started_at == 0.0 and job.scope is None:
-                self._jobs.pop(job.id, None)
+        # Entries fetched but not started when the handler tasks ended: they
+        # stay pending (parked at the next start); give their room back.
+        while self._ready:
+            self._finish(self._ready.popleft())
 
     # -- handling ----------------------------------------------------------------
 
@@ -445,59 +503,83 @@ class Consumer:
                 self._ack(job.raw_id)
             return
         dispatcher = self._dispatcher
-        waited_from = _monotonic()
-        await dispatcher.acquire_slot()
+        asked = _monotonic()
+        if dispatcher.running < dispatcher.capacity and not dispatcher.slots_waited:
+            dispatcher.running += 1  # the usual case: a slot is free
+            now = asked
+        else:
+            await dispatcher.acquire_slot()
+            now = _monotonic()
         try:
-            tally.waited("slot", _monotonic() - waited_from)
-            if not await self._still_owned(job):
+            if now == asked:
+                tally.slot_free += 1
+            else:
+                tally.waited("slot", now - asked)
+            if (job.lost or now - job.confirmed_at > self._stale_s) and not (
+                await self._still_owned(job)
+            ):
                 return
-            await self._call(job, event, handler)
+            if handler.is_async:
+                job.started_at = self.last_tick = now
+                job.in_handler = True
+                try:
+                    await handler.func(event)
+                    outcome, error = OK, None
+                except BaseException as exc:  # noqa: BLE001 - _classify re-raises ours
+                    outcome, error = _classify(exc)
+                finally:
+                    job.in_handler = False
+                if job.timed_out:
+                    # The handler swallowed its timeout's cancellation: it
+                    # still timed out. This ends in the runner's cancel scope.
+                    await anyio.lowlevel.checkpoint()
+            else:
+                outcome, error = await self._call_sync(job, event, handler)
         finally:
             dispatcher.release_slot()
+        if outcome == OK and not job.timed_out:
+            ended = _monotonic()
+            type_tally = self.tally.of(event.type)
+            age_s = _time() - int(job.id[: job.id.find("-")]) / 1000
+            started = job.started_at
+            type_tally.observe(ended - started, age_s - ended + started)
+            type_tally.counts[OK] += 1
+            self._ack(job.raw_id)
+        else:
+            await self._conclude(job, outcome, error)
 
-    async def _call(self, job: Job, event: Event, handler: Handler) -> None:
-        # The entry id's first part is the publish time in ms: its age at start.
-        age_s = _time() - int(job.id[: job.id.find("-")]) / 1000
-        outcome = OK
-        error: BaseException | None = None
-        scope = job.scope = anyio.CancelScope()
-        with scope:
-            try:
-                if handler.is_async:
-                    job.started_at = self.last_tick = _monotonic()
-                    await handler.func(event)
-                else:
-                    job.is_sync = True
-                    asked = _monotonic()
+    async def _call_sync(
+        self, job: Job, event: Event, handler: Handler
+    ) -> tuple[int, BaseException | None]:
+        job.is_sync = True
+        asked = _monotonic()
 
-                    def granted() -> None:
-                        job.started_at = self.last_tick = _monotonic()
-                        self.tally.waited("thread", job.started_at - asked)
+        def granted() -> None:
+            job.started_at = self.last_tick = _monotonic()
+            self.tally.waited("thread", job.started_at - asked)
 
-                    await self._dispatcher.call_sync(handler.func, event, granted)
-            except DeadLetter as exc:
-                outcome, error = DEAD_LETTER, exc
-            except Retry:
-                outcome = RETRY
-            except Exception as exc:  # noqa: BLE001 - a handler failure stops here
-                outcome, error = FAILED, exc
-            except BaseException as exc:
-                # SystemExit, KeyboardInterrupt, GeneratorExit... raised by the
-                # handler fail its event, never the worker; only the worker's
-                # own cancellation (a timeout, the shutdown) goes on.
-                if isinstance(exc, anyio.get_cancelled_exc_class()) and (
-                    _being_cancelled()
-                ):
-                    raise
-                outcome, error = FAILED, exc
-        if scope.cancelled_caught:
-            outcome = TIMEOUT
+        try:
+            await self._dispatcher.call_sync(handler.func, event, granted)
+        except EscapedBaseException as exc:
+            return FAILED, exc.original
+        except BaseException as exc:  # noqa: BLE001 - _classify re-raises ours
+            return _classify(exc)
+        return OK, None
+
+    async def _conclude(
+        self, job: Job, outcome: int, error: BaseException | None
+    ) -> None:
+        """Count one call's outcome and act on it: ack, park or dead-letter."""
+        event = job.event
+        assert isinstance(event, Event)
         ended = _monotonic()
         # Looked up after the handler: the reporter may have taken the tally
         # meanwhile, and counts added to the old one would be lost.
         type_tally = self.tally.of(event.type)
         if job.started_at:
-            type_tally.observe(ended - job.started_at, age_s)
+            # The entry id's first part is the publish time in ms.
+            age_s = _time() - int(job.id[: job.id.find("-")]) / 1000
+            type_tally.observe(ended - job.started_at, age_s - ended + job.started_at)
         if job.is_sync and job.timed_out:
             log.warning(
                 "handler_returned_late",
@@ -665,11 +747,12 @@ class Consumer:
             started = job.started_at
             if not started or job.timed_out or now - started <= limit:
                 continue
-            job.timed_out = True
             if not job.is_sync:
-                if job.scope is not None:
+                if job.in_handler and job.scope is not None:
+                    job.timed_out = True
                     job.scope.cancel()
                 continue
+            job.timed_out = True
             # A thread cannot be stopped: report, keep the lease and the
             # thread's place until the call returns, then go by its outcome.
             self.tally.overran += 1

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from agentstream.event import Event
     from agentstream.worker.consumer import Job
 
-__all__ = ["Dispatcher", "prefetch_for", "running_sync_calls"]
+__all__ = ["Dispatcher", "EscapedBaseException", "prefetch_for", "running_sync_calls"]
 
 _PREFETCH_MAX = 64
 _calls_lock = threading.Lock()
@@ -70,11 +70,11 @@ class Dispatcher:
         self.reading = 0
         #: Consumers reading now (each a reader of one subscription).
         self.readers = 0
-        self._readers_waiting: deque[list[anyio.Event]] = deque()
+        self._readers_waiting: deque[_Turn] = deque()
         self.running = 0
         self.threads_busy = 0
         self._room: anyio.Event | None = None
-        self._slots = anyio.Semaphore(concurrency)
+        self._slot_waiters: deque[anyio.Event] = deque()
         self._threads = anyio.Semaphore(sync_threads)
         # Our own cap above is the one that holds; anyio's would be released
         # when a call is abandoned, with its thread still running.
@@ -97,28 +97,36 @@ class Dispatcher:
         total = self.capacity + self.prefetch
         return max(1, -(-total // max(self.readers, 1)))
 
-    async def reserve_read(self, most: int) -> int:
+    async def reserve_read(self, most: int, patience_s: float) -> int:
         """Wait for room, first come first served, then reserve for one read.
+
+        A read of a few entries costs a round trip as a full one does: the
+        reader waits until half of what it may read is free, or ``patience_s``
+        (seconds) with some room free.
 
         Returns:
             The number reserved (at least 1, at most ``most`` and `share`); the
             read reports what it got with `end_read`.
         """
-        most = min(most, self.share())
-        if not self._readers_waiting and self.free() > 0:
-            return self._take_read(most)
-        turn = [anyio.Event()]
+        turn = _Turn(min(most, self.share()))
         self._readers_waiting.append(turn)
         try:
-            while self._readers_waiting[0] is not turn or self.free() <= 0:
-                await turn[0].wait()
-                turn[0] = anyio.Event()
+            impatient = False
+            while True:
+                if self._readers_waiting[0] is turn:
+                    free = self.free()
+                    if free * 2 >= turn.most or (impatient and free > 0):
+                        break
+                with anyio.move_on_after(patience_s) as timer:
+                    await turn.event.wait()
+                impatient = timer.cancelled_caught
+                turn.event = anyio.Event()
         except BaseException:
             self._readers_waiting.remove(turn)
             self._wake()
             raise
         self._readers_waiting.popleft()
-        n = self._take_read(most)
+        n = self._take_read(turn.most)
         self._wake()
         return n
 
@@ -158,14 +166,17 @@ class Dispatcher:
         if n <= 0:
             return
         self.outstanding -= n
-        self._wake()
+        if self._room is not None or self._readers_waiting:
+            self._wake()
 
     def _wake(self) -> None:
         room, self._room = self._room, None
         if room is not None:
             room.set()
-        if self._readers_waiting and self.free() > 0:
-            self._readers_waiting[0][0].set()
+        if self._readers_waiting:
+            head = self._readers_waiting[0]
+            if self.free() * 2 >= head.most:
+                head.event.set()
 
     def read_lock(self, stream: str) -> anyio.Lock:
         """The lock that serialises reads of an ordered stream in this process.
@@ -211,15 +222,33 @@ class Dispatcher:
 
     # -- handler slots ---------------------------------------------------------------
 
+    @property
+    def slots_waited(self) -> bool:
+        """Whether calls are waiting for a handler slot."""
+        return bool(self._slot_waiters)
+
     async def acquire_slot(self) -> None:
-        """Wait for a free handler slot (first come, first served)."""
-        await self._slots.acquire()
-        self.running += 1
+        """Take a free handler slot, or wait for one (first come, first served)."""
+        if self.running < self.capacity and not self._slot_waiters:
+            self.running += 1
+            return
+        handed = anyio.Event()
+        self._slot_waiters.append(handed)
+        try:
+            await handed.wait()
+        except BaseException:
+            if handed.is_set():  # a slot was handed over as we were cancelled
+                self.release_slot()
+            else:
+                self._slot_waiters.remove(handed)
+            raise
 
     def release_slot(self) -> None:
-        """Free a handler slot."""
-        self.running -= 1
-        self._slots.release()
+        """Free a handler slot: hand it to the first waiter, if any."""
+        if self._slot_waiters:
+            self._slot_waiters.popleft().set()
+        else:
+            self.running -= 1
 
     async def call_sync(
         self, func: Callable[[Event], Any], event: Event, on_started: Callable[[], None]
@@ -249,6 +278,13 @@ class Dispatcher:
             _count_call(1)
             try:
                 return func(event)
+            except BaseException as exc:
+                if isinstance(exc, Exception):
+                    raise
+                # GeneratorExit, SystemExit... must not cross into the event
+                # loop as themselves (a GeneratorExit there breaks the awaiting
+                # coroutine): carry them as a plain exception.
+                raise EscapedBaseException(exc) from None
             finally:
                 _count_call(-1)
                 try:
@@ -267,6 +303,26 @@ class Dispatcher:
                     # to give back; the thread will skip it.
                     state.abandoned = True
                     give_back()
+
+
+class EscapedBaseException(Exception):
+    """A sync handler raised a BaseException that is not an Exception.
+
+    Attributes:
+        original: what the handler raised (SystemExit, GeneratorExit...).
+    """
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(repr(original))
+        self.original = original
+
+
+class _Turn:
+    __slots__ = ("event", "most")
+
+    def __init__(self, most: int) -> None:
+        self.most = most
+        self.event = anyio.Event()
 
 
 class _CallState:
