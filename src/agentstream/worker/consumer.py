@@ -189,7 +189,9 @@ class Consumer:
         self._renewal: anyio.Event | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._ready: deque[Job] = deque()  # admitted, waiting for a runner
-        self._spare = 0  # runners started and not running a job yet
+        self._spare = 0  # runners started or woken, not running yet
+        self._parked: list[anyio.Event] = []  # idle runners
+        self._closing = False
         self._read_scope: anyio.CancelScope | None = None
         self._waiting_room = False
         self._last_renew = 0.0
@@ -234,8 +236,18 @@ class Consumer:
             try:
                 async with anyio.create_task_group() as jobs:
                     self._tg = jobs
-                    yield
+                    self._closing = False
+                    try:
+                        yield
+                    finally:
+                        # Idle runners end; busy ones finish what is ready.
+                        self._closing = True
+                        while self._parked:
+                            self._spare += 1
+                            self._parked.pop().set()
             finally:
+                self._parked.clear()
+                self._spare = 0
                 self._tg = None
                 self._drop_unstarted()
                 with anyio.CancelScope(shield=True), anyio.move_on_after(2):
@@ -416,32 +428,40 @@ class Consumer:
 
     def _kick(self) -> None:
         # Keep one runner spare while jobs are ready: a runner whose handler
-        # suspends leaves the next job to the spare, which starts another. A
+        # suspends leaves the next job to the spare, which wakes another. A
         # handler that never suspends lets one runner run a whole batch.
+        # Runners with nothing to do park, and are woken before new ones start.
         if self._ready and not self._spare and self._tg is not None:
             self._spare += 1
-            self._tg.start_soon(self._runner)
+            if self._parked:
+                self._parked.pop().set()
+            else:
+                self._tg.start_soon(self._runner)
 
     async def _runner(self) -> None:
         ready = self._ready
-        fresh = True
         job: Job | None = None
+        self._spare -= 1
         try:
-            while ready:
+            while True:
                 # One cancel scope serves every job this runner runs until a
                 # handler timeout uses it up.
                 with anyio.CancelScope() as scope:
-                    while ready:
-                        job = ready.popleft()
-                        if fresh:
-                            fresh = False
-                            self._spare -= 1
-                        if ready and not self._spare:
-                            self._kick()
-                        job.scope = scope
-                        await self._handle(job)
-                        self._finish(job)
-                        job = None
+                    while True:
+                        while ready:
+                            job = ready.popleft()
+                            if ready and not self._spare:
+                                self._kick()
+                            job.scope = scope
+                            await self._handle(job)
+                            self._finish(job)
+                            job = None
+                        if self._closing:
+                            return
+                        parked = anyio.Event()
+                        self._parked.append(parked)
+                        await parked.wait()
+                        self._spare -= 1
                 if job is not None:  # its handler timed out
                     timed_out, job = job, None
                     try:
@@ -451,8 +471,6 @@ class Consumer:
         finally:
             if job is not None:  # cancelled: left pending for redelivery
                 self._finish(job)
-            if fresh:
-                self._spare -= 1
 
     def _finish(self, job: Job) -> None:
         dispatcher = self._dispatcher

@@ -101,21 +101,24 @@ class Dispatcher:
         """Wait for room, first come first served, then reserve for one read.
 
         A read of a few entries costs a round trip as a full one does: the
-        reader waits until half of what it may read is free, or ``patience_s``
+        reader waits until half the prefetch is free, or ``patience_s``
         (seconds) with some room free.
 
         Returns:
             The number reserved (at least 1, at most ``most`` and `share`); the
             read reports what it got with `end_read`.
         """
-        turn = _Turn(min(most, self.share()))
+        most = min(most, self.share())
+        # Enough room for a read: half the prefetch, so that handler slots are
+        # refilled before they run dry.
+        turn = _Turn(most, max(1, min(most, self.prefetch) // 2))
         self._readers_waiting.append(turn)
         try:
             impatient = False
             while True:
                 if self._readers_waiting[0] is turn:
                     free = self.free()
-                    if free * 2 >= turn.most or (impatient and free > 0):
+                    if free >= turn.enough or (impatient and free > 0):
                         break
                 with anyio.move_on_after(patience_s) as timer:
                     await turn.event.wait()
@@ -175,7 +178,7 @@ class Dispatcher:
             room.set()
         if self._readers_waiting:
             head = self._readers_waiting[0]
-            if self.free() * 2 >= head.most:
+            if self.free() >= head.enough:
                 head.event.set()
 
     def read_lock(self, stream: str) -> anyio.Lock:
@@ -318,10 +321,11 @@ class EscapedBaseException(Exception):
 
 
 class _Turn:
-    __slots__ = ("event", "most")
+    __slots__ = ("enough", "event", "most")
 
-    def __init__(self, most: int) -> None:
+    def __init__(self, most: int, enough: int) -> None:
         self.most = most
+        self.enough = enough
         self.event = anyio.Event()
 
 
