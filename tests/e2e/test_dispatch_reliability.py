@@ -206,10 +206,12 @@ class TestSyncTimeout:
 
         world.wait(lambda: thread_waits() == 4, 15, "waits exported", worker)
         text = _metrics(port)
-        # Handler time excludes the wait for a thread: every call under 5 s,
-        # although the last two waited 4 s for one.
-        duration = _samples(text, "agentstream_handler_duration_seconds_bucket", "le")
-        assert duration["5.0"] == duration["+Inf"] == 4
+        # Handler time excludes the wait for a thread: 4 calls of 4 s make
+        # 16 s; counting the two 4 s waits as well would make 24 s.
+        duration = _samples(text, "agentstream_handler_duration_seconds_sum", "type")
+        assert duration["sync_sleep"] < 20
+        waits = _samples(text, "agentstream_slot_wait_seconds_sum", "slot")
+        assert waits["thread"] > 6
         waits = _samples(text, "agentstream_slot_wait_seconds_count", "slot")
         assert waits["thread"] == 4
 
