@@ -474,6 +474,10 @@ class Consumer:
 
     def _finish(self, job: Job) -> None:
         dispatcher = self._dispatcher
+        if job.key is None and job.done is None:  # the usual case
+            job.consumer._jobs.pop(job.id, None)
+            dispatcher.release(1)
+            return
         while True:
             job.consumer._jobs.pop(job.id, None)
             dispatcher.release(1)

@@ -124,6 +124,7 @@ class Dispatcher:
                     await turn.event.wait()
                 impatient = timer.cancelled_caught
                 turn.event = anyio.Event()
+                turn.woken = False
         except BaseException:
             self._readers_waiting.remove(turn)
             self._wake()
@@ -178,7 +179,8 @@ class Dispatcher:
             room.set()
         if self._readers_waiting:
             head = self._readers_waiting[0]
-            if self.free() >= head.enough:
+            if not head.woken and self.free() >= head.enough:
+                head.woken = True
                 head.event.set()
 
     def read_lock(self, stream: str) -> anyio.Lock:
@@ -321,11 +323,12 @@ class EscapedBaseException(Exception):
 
 
 class _Turn:
-    __slots__ = ("enough", "event", "most")
+    __slots__ = ("enough", "event", "most", "woken")
 
     def __init__(self, most: int, enough: int) -> None:
         self.most = most
         self.enough = enough
+        self.woken = False
         self.event = anyio.Event()
 
 
