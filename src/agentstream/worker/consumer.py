@@ -218,9 +218,18 @@ class Consumer:
         with structlog.contextvars.bound_contextvars(
             stream=self._stream, group=self._group, consumer=self.name
         ):
+            failure: Exception | None = None
             async with self.active():
                 await self.recover()
-                await self._consume()
+                try:
+                    await self._consume()
+                except Exception as exc:  # noqa: BLE001 - raised once jobs end
+                    # A failed read (Redis gone, the stream deleted) stops
+                    # reading only: the calls in flight finish, and are
+                    # acknowledged or parked, before the consumer restarts.
+                    failure = exc
+            if failure is not None:
+                raise failure
 
     @asynccontextmanager
     async def active(self) -> AsyncIterator[None]:
