@@ -32,6 +32,7 @@ class Sizes:
     repeats: int = 3
     sync_events: int = 20_000
     sleep_events: int = 5_000
+    io_ceiling_s: float = 3.0
     delay_rates: tuple[int, ...] = (500, 2000)
     delay_s: float = 10.0
     memory_warmup: int = 50_000
@@ -45,6 +46,7 @@ QUICK = Sizes(
     events=20_000,
     repeats=1,
     sleep_events=2_000,
+    io_ceiling_s=0.5,
     delay_s=3.0,
     memory_events=200_000,
 )
@@ -100,7 +102,7 @@ class Run:
         s, url, out = self.sizes, self.server.url, self.results
         if "throughput" in sections:
             _progress(f"throughput ({s.repeats} repeats, interleaved)")
-            selected = cases(s.events, s.sync_events, s.sleep_events)
+            selected = cases(s.events, s.sync_events, s.sleep_events, s.io_ceiling_s)
             out.throughput = run_cases(
                 self.client, url, self.server.pid, self.tmp, selected, s.repeats
             )

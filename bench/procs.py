@@ -104,6 +104,7 @@ class WorkerSpec:
     processes: int = 1
     consumers: int = 1
     handler: str = "noop"  # a mode of bench/worker_app.py
+    concurrency: int = 100  # the default
 
     def toml(self, redis_url: str, stream: str) -> str:
         return "\n".join(
@@ -111,6 +112,7 @@ class WorkerSpec:
                 f'app = "{APP_MODULE}:app"',
                 f"processes = {self.processes}",
                 f"consumers = {self.consumers}",
+                f"concurrency = {self.concurrency}",
                 "batch_size = 100",
                 "block_ms = 100",
                 "shutdown_timeout_s = 30.0",
@@ -153,7 +155,9 @@ def worker(
     ``wrap`` prefixes the command (a profiler, say).
     """
     shutil.copyfile(Path(__file__).with_name("worker_app.py"), tmp / f"{APP_MODULE}.py")
-    name = f"worker-p{spec.processes}-c{spec.consumers}-{spec.handler}"
+    name = (
+        f"worker-p{spec.processes}-c{spec.consumers}-C{spec.concurrency}-{spec.handler}"
+    )
     config = tmp / f"{name}.toml"
     config.write_text(spec.toml(redis_url, stream))
     env = {"BENCH_HANDLER": spec.handler, **(env or {})}

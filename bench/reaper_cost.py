@@ -26,6 +26,7 @@ from agentstream.observe.counts import SweepResult
 from agentstream.transport.pool import pool_from_settings
 from agentstream.transport.worker_ops import WorkerOps
 from agentstream.worker.consumer import Consumer
+from agentstream.worker.dispatcher import Dispatcher
 from agentstream.worker.reaper import Reaper
 from bench import GROUP
 from bench.observe import BenchError, group_state
@@ -86,16 +87,18 @@ async def _sweeps(
     results: list[SweepResult] = []
     try:
         transport = await WorkerOps.aopen(stream, pool=pool)
-        limiter = anyio.CapacityLimiter(settings.sync_threads)
+        dispatcher = Dispatcher(settings.concurrency, settings.sync_threads)
         sub = settings.subscriptions[0]
         consumer = Consumer(
-            "bench-reaper", transport, _noop_app(), sub, settings, limiter
+            "bench-reaper", transport, _noop_app(), sub, settings, dispatcher
         )
         reaper = Reaper(consumer, settings.reaper, [consumer.name, LIVE])
         for _ in range(repeats):
             await anyio.to_thread.run_sync(prepare)
-            started = time.perf_counter()
-            results.append(await reaper.sweep())
+            # The sweep dispatches what it claims; active() waits for handling.
+            async with consumer.active():
+                started = time.perf_counter()
+                results.append(await reaper.sweep())
             times.append(time.perf_counter() - started)
     finally:
         await pool.aclose()

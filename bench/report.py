@@ -19,7 +19,7 @@ from bench.cpu import ROLES
 from bench.delay import DelayResult
 from bench.memory import MemoryResult
 from bench.reaper_cost import ReaperResult
-from bench.throughput import P1, P2, CaseResult
+from bench.throughput import IO_CONCURRENCY, IO_WAIT_S, P1, P2, CaseResult, io_case
 
 __all__ = ["Results", "machine_info", "table", "write_json"]
 
@@ -117,6 +117,21 @@ class Results:
             out.append(
                 _target("processes=2 >= 1.7x processes=1", p2 / p1, p2 / p1 >= 1.7)
             )
+        if raw and p1:
+            out.append(
+                _target("no-op p=1 c=1 >= 0.64 of raw", p1 / raw, p1 / raw >= 0.64)
+            )
+        for c in IO_CONCURRENCY:
+            rate = by_case.get(io_case(c))
+            if rate is not None:
+                share = rate / (c / IO_WAIT_S)
+                wanted = 0.8 if c <= 256 else 0.0
+                name = f"{io_case(c)}: share of the ceiling {c / IO_WAIT_S:,.0f}/s"
+                out.append(
+                    _target(
+                        name + (" >= 0.8" if wanted else ""), share, share >= wanted
+                    )
+                )
         out.extend(
             _target("p99 delay < 5 ms at 2,000/s", d.p99_ms, d.p99_ms < 5)
             for d in self.delays

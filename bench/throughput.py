@@ -15,11 +15,31 @@ from bench.observe import time_drain
 from bench.procs import Child, WorkerSpec, bench_module, worker
 from bench.workload import Snapshot
 
-__all__ = ["P1", "P2", "STREAM", "Case", "CaseResult", "cases", "run_cases"]
+__all__ = [
+    "IO_CONCURRENCY",
+    "IO_WAIT_S",
+    "P1",
+    "P2",
+    "STREAM",
+    "Case",
+    "CaseResult",
+    "cases",
+    "io_case",
+    "run_cases",
+]
 
 STREAM = "bench:throughput"
 P1 = "worker p=1 c=1"
 P2 = "worker p=2 c=1"
+#: The I/O-bound cases: one process, one consumer, these concurrencies, and a
+#: handler awaiting IO_WAIT_S: the ceiling is concurrency / IO_WAIT_S events/s.
+IO_CONCURRENCY = (16, 256, 1024)
+IO_WAIT_S = 0.02
+
+
+def io_case(concurrency: int) -> str:
+    """The name of the I/O-bound case at ``concurrency``."""
+    return f"io-20ms p=1 c=1 C={concurrency}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +76,22 @@ class CaseResult:
         return statistics.median(c[role] for c in self.cpu_s) / self.events * 1e6
 
 
-def cases(events: int, sync_events: int, sleep_events: int) -> list[Case]:
-    """Every throughput case, the reference ``raw`` first."""
+def cases(
+    events: int, sync_events: int, sleep_events: int, io_ceiling_s: float
+) -> list[Case]:
+    """Every throughput case, the reference ``raw`` first.
+
+    Each I/O-bound case drains ``io_ceiling_s`` seconds' worth of events at
+    its ceiling.
+    """
+    io = [
+        Case(
+            io_case(c),
+            int(c / IO_WAIT_S * io_ceiling_s),
+            WorkerSpec(1, 1, "io20", concurrency=c),
+        )
+        for c in IO_CONCURRENCY
+    ]
     return [
         Case("raw", events),
         Case("raw-pipelined", events, pipelined=True),
@@ -68,6 +102,7 @@ def cases(events: int, sync_events: int, sleep_events: int) -> list[Case]:
         Case("sync p=1 c=16", sync_events, WorkerSpec(1, 16, "sync")),
         Case("sleep-1ms p=1 c=1", sleep_events, WorkerSpec(1, 1, "sleep")),
         Case("sleep-1ms p=1 c=16", sleep_events, WorkerSpec(1, 16, "sleep")),
+        *io,
     ]
 
 

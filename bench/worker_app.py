@@ -6,6 +6,8 @@ agentstream. ``BENCH_HANDLER`` picks the ``token`` handler:
 - ``noop``: an async handler that does nothing;
 - ``sync``: a sync handler that does nothing (runs in a worker thread);
 - ``sleep``: an async handler that awaits ``anyio.sleep(0.001)``;
+- ``io20``: an async handler that awaits ``anyio.sleep(0.02)``, as an I/O-bound
+  handler waiting 20 ms on a model or a tool would;
 - ``delay``: records ``time.time() - event.timestamp`` when the handler starts,
   and writes the delays (seconds, one a line) to ``BENCH_DELAY_FILE`` at exit.
 """
@@ -50,6 +52,12 @@ elif _MODE == "sleep":
     async def sleep_1ms(event: Event) -> None:
         await anyio.sleep(0.001)
 
+elif _MODE == "io20":
+
+    @app.handler("token")
+    async def io_20ms(event: Event) -> None:
+        await anyio.sleep(0.02)
+
 elif _MODE == "delay":
     atexit.register(_write_delays)
 
@@ -58,4 +66,4 @@ elif _MODE == "delay":
         delays.append(_now() - event.timestamp)
 
 else:
-    raise ValueError(f"BENCH_HANDLER={_MODE!r}: not noop, sync, sleep or delay")
+    raise ValueError(f"BENCH_HANDLER={_MODE!r}: not noop, sync, sleep, io20 or delay")

@@ -227,6 +227,16 @@ class TestValidation:
                 "block_ms = 5000\nshutdown_timeout_s = 5\n",
                 "block_ms: must be less than shutdown_timeout_s * 1000",
             ),
+            ("concurrency = 0\n", "concurrency: Input should be greater than"),
+            ("concurrency = 100001\n", "concurrency: Input should be less than"),
+            (
+                "[[subscriptions]]\nstream = 's'\norder_key = 'run_id'\n",
+                "subscriptions[0].order_key: String should match",
+            ),
+            (
+                "[[subscriptions]]\nstream = 's'\norder_key = 'data..run'\n",
+                "subscriptions[0].order_key: String should match",
+            ),
         ],
     )
     def test_error_names_dotted_field(

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from agentstream.errors import HandlerConflict
 from agentstream.event import Event
 
-__all__ = ["ANY_STREAM", "ANY_TYPE", "App", "Handler"]
+__all__ = ["ANY_STREAM", "ANY_TYPE", "App", "Handler", "OrderKey"]
 
 #: The stream key of handlers registered without ``stream=``.
 ANY_STREAM = ""
@@ -22,6 +22,8 @@ ANY_TYPE = "*"
 _PARTITION_RE = re.compile(r"^(?P<stream>.+):\{\d+\}$")
 
 HandlerFunc = Callable[[Event], Awaitable[None]] | Callable[[Event], None]
+#: Returns an event's ordering key, or None for an event that needs no order.
+OrderKey = Callable[[Event], str | None]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -52,9 +54,18 @@ class App:
     A handler registered without ``stream=`` serves every subscribed stream; one
     with ``stream=`` serves that stream only and wins over the former. The type
     ``"*"`` registers a fallback for types that have no handler of their own.
+
+    Args:
+        order_key: a function of the event returning its ordering key (a
+            ``str``) or None. Within one worker process, events with the same
+            key start in stream order and never overlap. A subscription's own
+            ``order_key`` setting wins over it for that stream. The function
+            runs on the event loop for every event: keep it cheap; if it
+            raises, the event is handled with no key and the error logged.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, order_key: OrderKey | None = None) -> None:
+        self.order_key = order_key
         self._handlers: dict[tuple[str, str], Handler] = {}
         self._cache: dict[tuple[str, str], Handler | None] = {}
 

@@ -34,6 +34,7 @@ from agentstream.logging import configure_logging
 from agentstream.transport.pool import pool_from_settings
 from agentstream.transport.retention import eviction_line
 from agentstream.transport.worker_ops import WorkerOps
+from agentstream.worker.dispatcher import running_sync_calls
 from agentstream.worker.supervisor import Supervisor
 
 __all__ = [
@@ -143,7 +144,17 @@ def _user_code_failed(module_name: str, exc: BaseException) -> str:
 
 def worker_main(argv: Sequence[str] | None = None) -> NoReturn:
     """Entry point of ``agentstream-worker``."""
-    sys.exit(run_worker(argv))
+    status = run_worker(argv)
+    abandoned = running_sync_calls()
+    if abandoned:
+        # Sync handlers still running past the shutdown deadline: Python cannot
+        # stop their threads, and would wait for them at exit. Their events are
+        # not acknowledged (redelivered later); exit now, on time.
+        log.warning("sync_handlers_abandoned", count=abandoned)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
 
 
 def run_worker(argv: Sequence[str] | None = None) -> int:
@@ -170,6 +181,9 @@ def run_worker(argv: Sequence[str] | None = None) -> int:
         except StartupError as exc:
             print(f"agentstream-worker: cannot start: {exc}", file=sys.stderr)
             return EXIT_STARTUP
+        except Exception:
+            log.exception("worker_crashed")
+            return EXIT_CRASH
     supervisor = Supervisor(
         settings,
         app,
@@ -183,7 +197,7 @@ def run_worker(argv: Sequence[str] | None = None) -> int:
         return EXIT_STARTUP
     except KeyboardInterrupt:
         return EXIT_OK
-    except Exception:
+    except BaseException:
         log.exception("worker_crashed")
         return EXIT_CRASH
 

@@ -300,6 +300,10 @@ class RetentionSettings(BaseModel):
     interval_s: float = Field(default=5.0, gt=0)
 
 
+#: ``data.`` or ``metadata.`` followed by one or more dot-separated keys.
+_ORDER_KEY_PATTERN = r"^(data|metadata)(\.[^.]+)+$"
+
+
 class SubscriptionSettings(BaseModel):
     """One stream the worker reads as a member of a consumer group.
 
@@ -311,8 +315,13 @@ class SubscriptionSettings(BaseModel):
         partitions: stream keys the logical stream is split into,
             ``stream:{0}`` ... ``stream:{P-1}``; 1 is the plain ``stream``.
         ordered: each partition is handled by at most one worker process of
-            the whole fleet at a time (a lease in Redis), in stream order.
+            the whole fleet at a time (a lease in Redis), in stream order (per
+            ``order_key`` when set, else the whole partition in line).
         retention: see `RetentionSettings`.
+        order_key: a dotted path into the event (``"data.run_id"``,
+            ``"metadata.conversation_id"``); within one worker process, events
+            with the same key start in stream order and never overlap. Unset:
+            no per-key order (``App(order_key=...)`` may still give one).
     """
 
     model_config = _SECTION
@@ -324,6 +333,7 @@ class SubscriptionSettings(BaseModel):
     partitions: int = Field(default=1, ge=1, le=1024)
     ordered: bool = False
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    order_key: str | None = Field(default=None, pattern=_ORDER_KEY_PATTERN)
 
     @property
     def dead_letter_key(self) -> str:
@@ -430,14 +440,19 @@ class Settings(BaseSettings):
     Attributes:
         app: the handler registry as ``"package.module:attr"``.
         processes: worker processes on this machine.
-        consumers: concurrent consumers per process.
+        consumers: group consumers per process and subscription: readers,
+            each with its own Redis connection (``concurrency`` sets how many
+            handler calls run at once).
+        concurrency: the most handler calls in flight at once in one process,
+            over every consumer and subscription.
         batch_size: entries per XREADGROUP call.
         block_ms: how long XREADGROUP blocks, in ms; keep it well under
             ``shutdown_timeout_s``.
         ack_interval_ms: how long acks are gathered before one XACK, in ms.
         handler_timeout_s: time allowed to one handler call, in seconds.
         shutdown_timeout_s: grace period to finish in-flight events, in seconds.
-        sync_threads: threads available to synchronous handlers, per process.
+        sync_threads: threads available to synchronous handlers, per process;
+            a hard cap, held by a call until it returns (even past its timeout).
         unhandled: what to do with events no handler matches.
         name_prefix: prefix of consumer names; the host name if unset.
         name_lease_s: lifetime of the lease a worker holds on its consumer
@@ -463,6 +478,7 @@ class Settings(BaseSettings):
     app: str | None = None
     processes: int = Field(default=1, ge=1, le=256)
     consumers: int = Field(default=4, ge=1, le=1000)
+    concurrency: int = Field(default=100, ge=1, le=100_000)
     batch_size: int = Field(default=100, ge=1, le=10_000)
     block_ms: int = Field(default=2000, ge=1, le=86_400_000)
     ack_interval_ms: int = Field(default=50, ge=1, le=60_000)

@@ -50,9 +50,12 @@ class TestSlowHandlers:
         # more slow events than the 4 consumers: the rest wait in one batch
         slow = range(sized(8, 16))
         ok = range(1000, 1000 + sized(200, 2000))
+        # concurrency = 1: fetched entries wait for the slot (their leases
+        # renewed) as they waited behind one another before.
         config = chaos.write_config(
             {
                 "consumers": 2,
+                "concurrency": 1,
                 "reaper": {"min_idle_ms": min_idle_ms, "interval_s": 0.1},
             }
         )

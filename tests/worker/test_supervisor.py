@@ -18,6 +18,7 @@ from agentstream.transport.pool import pool_from_settings
 from agentstream.transport.worker_ops import WorkerOps
 from agentstream.worker import unhandled
 from agentstream.worker.consumer import RETRY_CONSUMER
+from agentstream.worker.dispatcher import Dispatcher
 from agentstream.worker.reaper import Reaper
 from agentstream.worker.supervisor import Supervisor
 
@@ -203,12 +204,13 @@ class TestReaperSweep:
         pool = pool_from_settings(settings.redis, socket_timeout_s=5, max_connections=4)
         transport = await WorkerOps.aopen(stream_name, pool=pool)
         consumer = supervisor._consumer(
-            "reaper", settings.subscriptions[0], transport, anyio.CapacityLimiter(1)
+            "reaper", settings.subscriptions[0], transport, Dispatcher(1, 1)
         )
         reaper = Reaper(consumer, settings.reaper, [consumer.name])
         await await_for(lambda: _idle_at_least(transport, dead_id, 300), timeout=5)
         await transport.arenew("live", [e.id for e in producer.pending_range(300)])
-        result = await reaper.sweep()
+        async with consumer.active():
+            result = await reaper.sweep()
         assert result.scanned == 1
         assert result.claimed == 1
         await pool.aclose()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from dataclasses import dataclass, field
 
-__all__ = ["BUCKETS_S", "OUTCOMES", "SweepResult", "Tally", "TypeTally"]
+__all__ = ["BUCKETS_S", "OUTCOMES", "SLOTS", "SweepResult", "Tally", "TypeTally"]
 
 #: The ``outcome`` label values of ``agentstream_events_total``.
 OUTCOMES = (
@@ -31,6 +31,8 @@ BUCKETS_S = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
     1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 )  # fmt: skip
+
+_FIRST_BUCKET_S = BUCKETS_S[0]
 
 # Producers may invent event types without end; past this many, the rest are
 # counted as "other" so that the label set stays bounded.
@@ -60,15 +62,45 @@ class TypeTally:
         self.age_sum += age_s
 
 
+#: The ``slot`` label values of ``agentstream_slot_wait_seconds``: a handler
+#: slot (``concurrency``), a thread for a sync handler (``sync_threads``).
+SLOTS = ("slot", "thread")
+
+
 class Tally:
     """Everything a consumer counted since the last ``take()``."""
 
-    __slots__ = ("dead_letter_failures", "dead_letter_reasons", "types")
+    __slots__ = (
+        "dead_letter_failures",
+        "dead_letter_reasons",
+        "overran",
+        "slot_free",
+        "types",
+        "waits",
+    )
 
     def __init__(self) -> None:
         self.types: dict[str, TypeTally] = {}
         self.dead_letter_reasons: dict[str, int] = {}
         self.dead_letter_failures: dict[str, int] = {}
+        #: Waits for a slot, by kind: ``[buckets, sum]`` as in `TypeTally`.
+        self.waits: dict[str, tuple[list[int], list[float]]] = {}
+        #: Sync handler calls that ran past handler_timeout_s (reported, not
+        #: cancelled: their outcome is counted when they return).
+        self.overran = 0
+        #: Handler slots taken without waiting (counted apart: the hot path).
+        self.slot_free = 0
+
+    def waited(self, slot: str, seconds: float) -> None:
+        """Record one wait for a free slot of kind ``slot`` (see ``SLOTS``)."""
+        wait = self.waits.get(slot)
+        if wait is None:
+            wait = self.waits[slot] = ([0] * (len(BUCKETS_S) + 1), [0.0])
+        if seconds <= _FIRST_BUCKET_S:  # the usual case: no wait at all
+            wait[0][0] += 1
+        else:
+            wait[0][bisect_left(BUCKETS_S, seconds)] += 1
+        wait[1][0] += seconds
 
     def of(self, event_type: str) -> TypeTally:
         """The tally of one event type (``other`` past ``MAX_TYPES`` types)."""
@@ -109,6 +141,14 @@ class Tally:
             self.dead_letter_failures,
             {},
         )
+        taken.waits, self.waits = self.waits, {}
+        taken.overran, self.overran = self.overran, 0
+        if self.slot_free:
+            buckets, _ = taken.waits.setdefault(
+                "slot", ([0] * (len(BUCKETS_S) + 1), [0.0])
+            )
+            buckets[0] += self.slot_free
+            self.slot_free = 0
         return taken
 
 

@@ -261,6 +261,30 @@ class Metrics:
             "max",
         )
         self._policy: str | None = None
+        self.calls_in_flight = gauge(
+            "agentstream_handler_calls_in_flight",
+            "Handler calls running now (summed over live processes).",
+            (),
+            "livesum",
+        )
+        self.capacity = gauge(
+            "agentstream_handler_capacity",
+            "Handler calls allowed at once: concurrency, summed over live processes.",
+            (),
+            "livesum",
+        )
+        self.slot_wait = Histogram(
+            "agentstream_slot_wait_seconds",
+            "Time an event waited for a free slot before its handler started: "
+            'slot="slot" for concurrency, "thread" for sync_threads.',
+            ("stream", "group", "slot"),
+            buckets=BUCKETS_S,
+            registry=registry,
+        )
+        self.overruns = counter(
+            "agentstream_sync_handler_overruns_total",
+            "Sync handler calls that ran past handler_timeout_s (not cancellable).",
+        )
         build = gauge(
             "agentstream_build_info", "agentstream version.", ("version",), "max"
         )
@@ -291,6 +315,10 @@ class Metrics:
         for reason, n in tally.dead_letter_failures.items():
             label = reason if reason in DEAD_LETTER_REASONS else "handler"
             self.dead_letter_failures.labels(stream, group, label).inc(n)
+        for slot, (buckets, total) in tally.waits.items():
+            _add_buckets(self.slot_wait.labels(stream, group, slot), buckets, total[0])
+        if tally.overran:
+            self.overruns.labels(stream, group).inc(tally.overran)
 
     def record_redis(
         self,
@@ -400,6 +428,11 @@ class Metrics:
         self.redis_up.set(1 if redis_up else 0)
         if last_contact_s:
             self.redis_last_contact.set(last_contact_s)
+
+    def set_calls(self, running: int, capacity: int) -> None:
+        """Set the handler calls running now and the process's concurrency."""
+        self.calls_in_flight.set(running)
+        self.capacity.set(capacity)
 
 
 def _remove(gauge: Gauge, *labels: str) -> None:

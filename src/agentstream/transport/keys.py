@@ -27,6 +27,7 @@ from agentstream.config import SubscriptionSettings
 from agentstream.errors import ConfigError
 
 __all__ = [
+    "RECOVERED_CONSUMER",
     "RETRY_CONSUMER",
     "derived_key",
     "errors_key",
@@ -162,5 +163,11 @@ def pause_key(stream: str, group: str, *, cluster: bool = False) -> str:
     return derived_key(stream, f"paused:{group}", cluster=cluster)
 
 
-#: The parking consumer: failed entries wait on it until a reaper retries them.
+#: Where a consumer parks the entries it failed, until the reaper retries them.
+#: Live consumers then hold only entries in flight (their leases fresh), so a
+#: sweep looks at this consumer's and at idle consumers' entries only.
 RETRY_CONSUMER = "agentstream-retry"
+#: Where a consumer parks, when it starts, the entries its previous run left
+#: pending (in flight when it crashed, was killed or hit the shutdown deadline):
+#: the reaper redelivers them as it does a dead consumer's.
+RECOVERED_CONSUMER = "agentstream-recovered"

@@ -32,6 +32,7 @@ from agentstream.observe.metrics import (
 from agentstream.observe.systemd import SystemdNotifier
 from agentstream.transport.worker_ops import TrimResult, WorkerOps
 from agentstream.worker.consumer import Consumer, describe_error
+from agentstream.worker.dispatcher import Dispatcher
 from agentstream.worker.group_stats import collect_group_stats
 from agentstream.worker.reaper import Reaper
 from agentstream.worker.redis_state import RedisState
@@ -66,6 +67,8 @@ class Watched(Protocol):
     def event_types(self) -> frozenset[str]: ...
     @property
     def reached_redis(self) -> bool: ...
+    @property
+    def dispatcher(self) -> Dispatcher | None: ...
 
 
 class Monitor:
@@ -117,7 +120,9 @@ class Monitor:
         self.metrics.set_restarts(sup.restarts)
         self.metrics.record_redis(*sup.redis.take())
         self.metrics.set_redis_state(sup.redis.up, sup.redis.recent_refusal_reason())
-        self.metrics.set_in_flight(sum(len(c.held_ids()) for c in sup.consumers))
+        self.metrics.set_in_flight(sum(c.in_flight for c in sup.consumers))
+        if sup.dispatcher is not None:
+            self.metrics.set_calls(sup.dispatcher.running, sup.dispatcher.capacity)
         ready, _ = self.readiness()
         self.metrics.set_state(ready, sup.redis.up, sup.redis.last_contact_s)
 
@@ -253,7 +258,7 @@ class Monitor:
     def status(self) -> str:
         """The one-line summary systemd shows."""
         sup = self._sup
-        in_flight = sum(len(c.held_ids()) for c in sup.consumers)
+        in_flight = sum(c.in_flight for c in sup.consumers)
         reason = sup.redis.recent_refusal_reason()
         redis = "up" if sup.redis.up else "unavailable"
         if sup.redis.up and reason is not None:

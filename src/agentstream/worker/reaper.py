@@ -12,9 +12,14 @@ from agentstream.config import ReaperSettings
 from agentstream.event import event_type
 from agentstream.observe.counts import DEAD_LETTER, SweepResult
 from agentstream.transport.core import PendingEntry
-from agentstream.worker.consumer import RETRY_CONSUMER, Consumer
+from agentstream.worker.consumer import (
+    NO_ERROR_RECORDED,
+    RECOVERED_CONSUMER,
+    RETRY_CONSUMER,
+    Consumer,
+)
 
-__all__ = ["Reaper", "backoff_ms"]
+__all__ = ["NO_ERROR_RECORDED", "Reaper", "SweepResult", "backoff_ms"]
 
 log = structlog.get_logger("agentstream.reaper")
 
@@ -25,6 +30,9 @@ def backoff_ms(settings: ReaperSettings, delivery_count: int) -> int:
     return int(min(settings.min_idle_ms * 2**exponent, settings.max_backoff_ms))
 
 
+_PARKING = (RETRY_CONSUMER, RECOVERED_CONSUMER)
+
+
 class Reaper:
     """Sweeps one consumer group for entries whose consumer stopped handling them.
 
@@ -32,7 +40,8 @@ class Reaper:
     their leases well before that. Such an entry is dead-lettered once its
     delivery count reached ``max_deliveries``; otherwise, once its idle time
     reached the backoff for its delivery count, it is claimed for this reaper's
-    own consumer and handled like any event. Consumers that own nothing and idled
+    own consumer and dispatched like any event (within the process's
+    ``concurrency``; the sweep does not wait for the handlers). Consumers that own nothing and idled
     for ``consumer_ttl_s`` are removed from the group.
 
     Several reapers (processes, replicas) may sweep one group at once: claims are
@@ -123,7 +132,7 @@ class Reaper:
             for c in await self.consumer.transport.aconsumers()
             if c["pending"]
             and c["name"] not in self._spared
-            and (c["name"] == RETRY_CONSUMER or c["idle"] >= min_idle)
+            and (c["name"] in _PARKING or c["idle"] >= min_idle)
         ]
 
     async def _sweep_owner(self, owner: str, result: SweepResult) -> None:
@@ -145,37 +154,72 @@ class Reaper:
                     due.append(entry)
                 else:
                     result.waiting += 1
-            if due:
+            if owner == RETRY_CONSUMER:
                 await self._take(due, result)
+            else:
+                await self._recover(due, result)
             if len(page) < settings.batch or self.consumer.stopping:
                 return
             start = "(" + page[-1].id
 
-    async def _take(self, due: list[PendingEntry], result: SweepResult) -> None:
+    async def _recover(self, due: list[PendingEntry], result: SweepResult) -> None:
+        # Entries a consumer held when it died or stalled. One that was
+        # already redelivered after such an end may be what kills its worker:
+        # it is redelivered alone, so that the entries in flight beside it do
+        # not use up their deliveries with it.
+        together = [e for e in due if e.delivery_count < 2]
+        if together:
+            await self._take(together, result)
+        for entry in due:
+            if entry.delivery_count >= 2 and not self.consumer.stopping:
+                await self._take([entry], result, alone=True)
+
+    async def _take(
+        self, due: list[PendingEntry], result: SweepResult, *, alone: bool = False
+    ) -> None:
+        if not due:
+            return
         consumer = self.consumer
         transport = consumer.transport
-        claim = await transport.aclaim_entries(
-            consumer.name, self._settings.min_idle_ms, [e.id for e in due]
-        )
+        # Claim no more than the process has room for: what it claims is held
+        # (its leases renewed) until a handler slot frees.
+        reserved = await consumer.reserve(len(due))
+        if not reserved:
+            return
+        try:
+            claim = await transport.aclaim_entries(
+                consumer.name,
+                self._settings.min_idle_ms,
+                [e.id for e in due[:reserved]],
+            )
+        except BaseException:
+            consumer.unreserve(reserved)
+            raise
         result.lost += len(claim.lost)
         consumer.report_lost(claim.lost)
         retry = []
+        dead = []
         for entry in claim.entries:
             deliveries = entry.delivery_count - 1  # the claim itself counted one
             if deliveries >= self._settings.max_deliveries:
-                error = await transport.aget_last_error(entry.id)
-                if await consumer.dead_letter(
-                    entry.id,
-                    entry.fields,
-                    "max_deliveries",
-                    error or "unknown (no error recorded)",
-                    deliveries,
-                ):
-                    consumer.tally.count(event_type(entry.fields), DEAD_LETTER)
-                    result.dead_lettered += 1
+                dead.append((entry, deliveries))
             else:
                 retry.append(entry)
         if retry:
             result.claimed += len(retry)
             log.info("events_claimed", count=len(retry), consumer=consumer.name)
-            await consumer.process_entries(retry)
+        jobs = consumer.dispatch_entries(retry, reserved, track=alone)
+        for entry, deliveries in dead:
+            error = await transport.aget_last_error(entry.id)
+            if await consumer.dead_letter(
+                entry.id,
+                entry.fields,
+                "max_deliveries",
+                error or NO_ERROR_RECORDED,
+                deliveries,
+            ):
+                consumer.tally.count(event_type(entry.fields), DEAD_LETTER)
+                result.dead_lettered += 1
+        for job in jobs:
+            if job.done is not None:
+                await job.done.wait()

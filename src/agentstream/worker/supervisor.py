@@ -36,6 +36,7 @@ from agentstream.transport.keys import partition_streams, physical_subscriptions
 from agentstream.transport.pool import RedisConnectionPool, pool_from_settings
 from agentstream.transport.worker_ops import WorkerOps
 from agentstream.worker.consumer import Consumer, describe_error
+from agentstream.worker.dispatcher import Dispatcher
 from agentstream.worker.monitor import Monitor
 from agentstream.worker.names import NameLease, NamesExhausted
 from agentstream.worker.partitions import PartitionAssigner
@@ -134,6 +135,7 @@ class Supervisor:
         self.process_index = process_index
         self.redis = RedisState()
         self.consumers: list[Consumer] = []
+        self.dispatcher: Dispatcher | None = None
         self.reapers: list[Reaper] = []
         #: One per stream key: a partitioned subscription gives one per partition.
         self.subscriptions: list[SubscriptionSettings] = []
@@ -392,7 +394,9 @@ class Supervisor:
     def _start_loops(
         self, tg: anyio.abc.TaskGroup, transports: list[WorkerOps]
     ) -> None:
-        limiter = anyio.CapacityLimiter(self.settings.sync_threads)
+        dispatcher = self.dispatcher = Dispatcher(
+            self.settings.concurrency, self.settings.sync_threads
+        )
         by_stream = dict(zip(self.subscriptions, transports, strict=True))
         for logical in self.settings.subscriptions:
             pairs = [
@@ -405,7 +409,7 @@ class Supervisor:
                 if sub.retention.mode == "processed":
                     self._start_trimmer(tg, sub, transport)
             if logical.ordered:
-                self._start_ordered(tg, logical, pairs, limiter)
+                self._start_ordered(tg, logical, pairs, dispatcher)
                 continue
             # Unordered: every process reads every partition; the process's
             # consumers are spread over them, at least one each.
@@ -413,10 +417,10 @@ class Supervisor:
             for sub, transport in pairs:
                 own: list[str] = []
                 for index in range(per_partition):
-                    consumer = self._consumer(index, sub, transport, limiter)
+                    consumer = self._consumer(index, sub, transport, dispatcher)
                     own.append(consumer.name)
                     self._spawn(tg, consumer.name, consumer.run)
-                self._start_reaper(tg, "reaper", sub, transport, limiter, own)
+                self._start_reaper(tg, "reaper", sub, transport, dispatcher, own)
 
     def _start_trimmer(
         self, tg: anyio.abc.TaskGroup, sub: SubscriptionSettings, transport: WorkerOps
@@ -433,12 +437,12 @@ class Supervisor:
         name: str,
         sub: SubscriptionSettings,
         transport: WorkerOps,
-        limiter: anyio.CapacityLimiter,
+        dispatcher: Dispatcher,
         own: list[str],
         done: Callable[[], bool] = lambda: False,
         spared: Sequence[str] = (),
     ) -> Reaper:
-        reaper_consumer = self._consumer(name, sub, transport, limiter)
+        reaper_consumer = self._consumer(name, sub, transport, dispatcher)
         own.append(reaper_consumer.name)
         reaper = Reaper(reaper_consumer, self.settings.reaper, own, spared)
         self.reapers.append(reaper)
@@ -453,13 +457,13 @@ class Supervisor:
         tg: anyio.abc.TaskGroup,
         logical: SubscriptionSettings,
         pairs: list[tuple[SubscriptionSettings, WorkerOps]],
-        limiter: anyio.CapacityLimiter,
+        dispatcher: Dispatcher,
     ) -> None:
         def start(index: int, token: int) -> None:
             sub, transport = pairs[index]
             loops = _PartitionLoops(token)
             self._partition_scopes[(sub.stream, sub.group)] = loops
-            tg.start_soon(self._run_partition, loops, sub, transport, limiter)
+            tg.start_soon(self._run_partition, loops, sub, transport, dispatcher)
 
         async def stop(index: int, graceful: bool) -> None:
             sub = pairs[index][0]
@@ -483,15 +487,15 @@ class Supervisor:
         loops: _PartitionLoops,
         sub: SubscriptionSettings,
         transport: WorkerOps,
-        limiter: anyio.CapacityLimiter,
+        dispatcher: Dispatcher,
     ) -> None:
         # The consumer's name belongs to the partition, not to this process: a
-        # new owner first re-reads the previous owner's pending entries, in
-        # stream order, then reads on. One consumer: one event at a time.
-        # (With the per-key dispatcher, this is where its order_key applies.)
+        # new owner first takes over the previous owner's pending entries, then
+        # reads on. In order: per order_key when the subscription has one (keys
+        # run concurrently), else the whole partition one event at a time.
         consumer = Consumer(
-            "partition", transport, self.app, sub, self.settings, limiter,
-            on_read=self.redis.answered,
+            "partition", transport, self.app, sub, self.settings, dispatcher,
+            on_read=self.redis.answered, pause=self.pause, in_order=True,
         )  # fmt: skip
         self.consumers.append(consumer)
         loops.consumer = consumer
@@ -506,7 +510,7 @@ class Supervisor:
                     "partition-reaper",
                     sub,
                     transport,
-                    limiter,
+                    dispatcher,
                     [consumer.name],
                     loops.is_stopping,
                     spared=[consumer.name],
@@ -524,7 +528,7 @@ class Supervisor:
         index: int | str,
         sub: SubscriptionSettings,
         transport: WorkerOps,
-        limiter: anyio.CapacityLimiter,
+        dispatcher: Dispatcher,
     ) -> Consumer:
         name = index if index == "partition-reaper" else self.consumer_name(index)
         consumer = Consumer(
@@ -533,7 +537,7 @@ class Supervisor:
             self.app,
             sub,
             self.settings,
-            limiter,
+            dispatcher,
             on_read=self.redis.answered,
             pause=self.pause,
         )
