@@ -22,17 +22,28 @@ import threading
 from bisect import insort
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import anyio
 
 if TYPE_CHECKING:
     from agentstream.event import Event
-    from agentstream.worker.consumer import Job
 
 __all__ = ["Dispatcher", "EscapedBaseException", "prefetch_for", "running_sync_calls"]
 
 _PREFETCH_MAX = 64
+
+
+class Ordered(Protocol):
+    """What per-key order reads of a job: its entry id and its ordering key."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def key(self) -> tuple[str, str] | None: ...
+
+
+J = TypeVar("J", bound=Ordered)
 _calls_lock = threading.Lock()
 _sync_calls = 0
 
@@ -79,7 +90,7 @@ class Dispatcher:
         # Our own cap above is the one that holds; anyio's would be released
         # when a call is abandoned, with its thread still running.
         self._unbounded = anyio.CapacityLimiter(math.inf)
-        self._chains: dict[tuple[str, str], list[Job]] = {}
+        self._chains: dict[tuple[str, str], list[Ordered]] = {}
         self._read_locks: dict[str, anyio.Lock] = {}
 
     # -- outstanding entries (what consumers may fetch) --------------------------
@@ -196,7 +207,7 @@ class Dispatcher:
 
     # -- per-key order -------------------------------------------------------------
 
-    def admit(self, job: Job) -> bool:
+    def admit(self, job: Ordered) -> bool:
         """Whether ``job`` may start now; if not, it waits for its key's turn."""
         key = job.key
         if key is None:
@@ -208,7 +219,7 @@ class Dispatcher:
         insort(chain, job, key=_position)
         return False
 
-    def next_in_chain(self, job: Job) -> Job | None:
+    def next_in_chain(self, job: J) -> J | None:
         """The job of the same key to start now that ``job`` is done, if any."""
         key = job.key
         if key is None:
@@ -217,7 +228,8 @@ class Dispatcher:
         if chain is None:
             return None
         if chain:
-            return chain.pop(0)
+            # Only jobs of one kind share a key: the consumer's.
+            return cast(J, chain.pop(0))
         del self._chains[key]
         return None
 
@@ -341,6 +353,6 @@ class _CallState:
         self.abandoned = False
 
 
-def _position(job: Job) -> tuple[int, int]:
+def _position(job: Ordered) -> tuple[int, int]:
     ms, _, seq = job.id.partition("-")
     return int(ms), int(seq or 0)
