@@ -366,9 +366,7 @@ class Supervisor:
                 delay = min(delay * 2, _PROBE_MAX_S)
                 continue
             self.redis.answered()
-            for sub, transport in zip(
-                self.settings.subscriptions, transports, strict=True
-            ):
+            for sub, transport in zip(self.subscriptions, transports, strict=True):
                 transport.retention = sub.retention.mode
             return transports
         return None
