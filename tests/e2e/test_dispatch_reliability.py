@@ -19,6 +19,7 @@ from dispatch_harness import publish
 from test_concurrency import World
 from worker_harness import E2E, WorkerProcess, dead_letters, pending_count
 
+from agentstream import App
 from agentstream.cli import run_worker
 from agentstream.exit_codes import EXIT_CRASH
 from agentstream.worker.supervisor import Supervisor
@@ -269,7 +270,7 @@ def test_whatever_ends_the_process_logs_worker_crashed(
     monkeypatch.setattr(Supervisor, "run", crash)
     config = tmp_path / "w.toml"
     config.write_text(f'app = "agentstream:App"\n[redis]\nurl = "{redis_url}"\n')
-    monkeypatch.setattr("agentstream.cli.import_app", lambda spec: object())
+    monkeypatch.setattr("agentstream.cli.import_app", lambda spec: App())
     monkeypatch.setattr("agentstream.cli.configure_logging", lambda conf: None)
     with structlog.testing.capture_logs() as logs:
         status = run_worker(["--config", str(config)])
