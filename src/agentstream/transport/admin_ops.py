@@ -12,7 +12,6 @@ from agentstream.transport.core import (
     PendingEntry,
     RawFields,
     StreamCore,
-    consumer_idle_ms,
     decode_id,
     pending_entries,
     pending_summary,
@@ -33,34 +32,6 @@ class AdminOps(StreamCore):
         """Return whether ``key`` (or this stream) exists."""
         name = self.stream if key is None else key
         return bool(await self.acall("exists", lambda: self.raw.exists(name)))
-
-    async def agroup_consumers(self) -> list[dict[str, Any]] | None:
-        """List the group's consumers (``name``, ``pending``, ``idle`` in ms).
-
-        ``idle`` as the reaper sees it (``consumer_idle_ms``).
-
-        Unlike ``aconsumers()`` it never recreates the group: None when the
-        stream or the group does not exist.
-        """
-        try:
-            rows = await self.acall(
-                "xinfo consumers",
-                lambda: self.axinfo(self.raw, "XINFO CONSUMERS", self.group),
-            )
-        except NoGroup:
-            return None
-        except errors.TransportError as exc:
-            if "no such key" in str(exc):
-                return None
-            raise
-        return [
-            {
-                "name": to_text(r["name"]),
-                "pending": int(r["pending"]),
-                "idle": consumer_idle_ms(r),
-            }
-            for r in rows
-        ]
 
     async def aserver_time_ms(self) -> int:
         """Return the Redis server's clock (TIME) in Unix milliseconds."""

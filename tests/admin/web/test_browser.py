@@ -83,6 +83,8 @@ def _browser(tmp_path: Path) -> Iterator[Any]:
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)  # fmt: skip
     driver.set_page_load_timeout(30)
+    # Lookups wait for the element (a page still loading after a click, htmx).
+    driver.implicitly_wait(10)
     try:
         yield driver
     finally:
