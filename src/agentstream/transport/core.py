@@ -28,6 +28,7 @@ __all__ = [
     "RawFields",
     "StreamCore",
     "decode_id",
+    "denied_command",
     "pairs_to_fields",
     "pending_entries",
     "pending_summary",
@@ -111,6 +112,31 @@ def refusal_code(text: str, exc: Exception | None = None) -> str | None:
         return "READONLY"
     match = _REFUSAL_RE.search(text)
     return None if match is None else match.group(1)
+
+
+# How Redis words an ACL refusal: "NOPERM this user has no permissions to run
+# the 'xdel' command" at top level; the scripts' prelude words refusals inside a
+# script the same way (see transport.scripts).
+_DENIED_RE = re.compile(
+    r"permissions to (?:run the|access one of the keys used as arguments of the)"
+    r" '([^']+)' command"
+)
+_ACL_MARKS = ("NOPERM", "can't run this command", "can't access at least one")
+
+
+def denied_command(text: str, exc: Exception | None = None) -> str | None:
+    """The command an ACL refusal names: ``"xdel"``, ``"xinfo|groups"``...
+
+    Returns:
+        None when ``text`` is no ACL refusal; ``""`` when it is one that names no
+        command (a key the user may not access, from Redis 7.2 on).
+    """
+    match = _DENIED_RE.search(text)
+    if match is not None:
+        return match.group(1)
+    if isinstance(exc, rex.NoPermissionError) or any(m in text for m in _ACL_MARKS):
+        return ""
+    return None
 
 
 def decode_id(value: bytes | str) -> str:
@@ -222,31 +248,19 @@ class StreamCore:
         except (rex.ConnectionError, rex.TimeoutError, OSError) as exc:
             msg = f"cannot reach Redis at {self._where} ({operation}): {exc}"
             raise errors.ConnectionError(self._scrub(msg), operation) from None
-        except rex.NoPermissionError as exc:
-            msg = f"Redis at {self._where} denied {operation}: {exc}"
-            raise errors.PermissionDenied(self._scrub(msg), operation) from None
-        except rex.ResponseError as exc:
+        except rex.ResponseError as exc:  # NoPermissionError among them
             text = self._scrub(str(exc))
+            denied = denied_command(text, exc)
+            if denied is not None:
+                command = denied or operation
+                msg = f"Redis at {self._where} denied {command}: {text}"
+                raise errors.PermissionDenied(msg, operation, command) from None
             code = refusal_code(text, exc)
             if code is not None:
                 msg = f"Redis at {self._where} refused {operation} ({code}): {text}"
                 raise errors.Refused(msg, operation, code) from None
             if "NOGROUP" in text:  # pipelines prefix the command's position
                 raise NoGroup(text, operation) from None
-            if "can't run this command" in text:
-                # A command inside a Lua script refused by the ACL: Redis does
-                # not say which one, so name all that the script runs.
-                commands = ", ".join(
-                    f"'{c}'" for c in _scripts.COMMANDS.get(operation, ())
-                )
-                msg = (
-                    f"Redis at {self._where} denied {operation}: the user may not "
-                    f"run a command of its script ({commands}): {text}"
-                )
-                raise errors.PermissionDenied(self._scrub(msg), operation) from None
-            if "NOPERM" in text:
-                msg = f"Redis at {self._where} denied {operation}: {text}"
-                raise errors.PermissionDenied(self._scrub(msg), operation) from None
             if text.startswith("WRONGPASS") or _needs_auth(text):
                 msg = self._auth_message(text)
                 raise errors.AuthenticationError(self._scrub(msg), operation) from None
