@@ -779,3 +779,15 @@ class TestEveryCommand:
         assert f"no permissions to run the '{without}' command" in lines[0], err
         assert _lengths(server, stream) == before  # replay: not in both streams
         assert {d["object"] for d in _denials(admin, user)} == {without}
+
+
+def test_the_readme_gives_these_rules() -> None:
+    """The README's ACL SETUSER lines are the tested rules, word for word."""
+    text = README.read_text("utf-8")
+    for user, rules, password in (
+        (WORKER_USER, WORKER_RULES, "WORKER-PASSWORD"),
+        (READONLY_USER, READONLY_RULES, "READONLY-PASSWORD"),
+        (OPERATOR_USER, OPERATOR_RULES, "OPERATOR-PASSWORD"),
+    ):
+        assert f"\n{setuser_line(user, rules, password)}\n" in text, user
+    assert f"`{' '.join(ORDERED_COMMANDS)}`" in text
