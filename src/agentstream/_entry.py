@@ -22,21 +22,19 @@ _INTERRUPTED = 130  # agentstream.exit_codes.EXIT_INTERRUPTED, not imported yet
 
 def admin() -> NoReturn:
     """``agentstream``: the operator command."""
-    try:
-        from agentstream.admin import run_admin
-
-        status = run_admin()
-    except KeyboardInterrupt:
-        status = _INTERRUPTED
-    sys.exit(status)
+    _run("agentstream.admin", "run_admin")
 
 
 def worker() -> NoReturn:
     """``agentstream-worker``."""
-    try:
-        from agentstream.cli import run_worker
+    _run("agentstream.cli", "run_worker")
 
-        status = run_worker()
+
+def _run(module: str, function: str) -> NoReturn:
+    try:
+        import importlib
+
+        status = getattr(importlib.import_module(module), function)()
     except KeyboardInterrupt:
         status = _INTERRUPTED
     sys.exit(status)

@@ -31,6 +31,15 @@ def _silent_redis() -> Iterator[socket.socket]:
         yield listener
 
 
+def _config(directory: Path, port: int) -> Path:
+    path = directory / "worker.toml"
+    path.write_text(
+        f'[redis]\nurl = "redis://127.0.0.1:{port}/0"\n[[subscriptions]]\nstream = "s"\n',
+        encoding="utf-8",
+    )
+    return path
+
+
 def _interrupt(argv: list[str], cwd: Path, delay_s: float) -> tuple[int, str]:
     proc = subprocess.Popen(
         argv,
@@ -53,12 +62,7 @@ def test_ctrl_c_at_any_moment_exits_130_quietly(
 ) -> None:
     """SIGINT after ``delay_s``: status 130 (or killed by SIGINT before Python set its handler), nothing printed."""
     port = silent_redis.getsockname()[1]
-    config = tmp_path / "worker.toml"
-    config.write_text(
-        f'[redis]\nurl = "redis://127.0.0.1:{port}/0"\n'
-        '[[subscriptions]]\nstream = "s"\n',
-        encoding="utf-8",
-    )
+    config = _config(tmp_path, port)
     status, output = _interrupt(
         [str(AGENTSTREAM), "--config", str(config), "stats"], tmp_path, delay_s
     )
@@ -73,12 +77,7 @@ def test_ctrl_c_while_waiting_on_redis(tmp_path: Path) -> None:
     silent_redis.bind(("127.0.0.1", 0))
     silent_redis.listen(1)
     port = silent_redis.getsockname()[1]
-    config = tmp_path / "worker.toml"
-    config.write_text(
-        f'[redis]\nurl = "redis://127.0.0.1:{port}/0"\n'
-        '[[subscriptions]]\nstream = "s"\n',
-        encoding="utf-8",
-    )
+    config = _config(tmp_path, port)
     proc = subprocess.Popen(
         [str(AGENTSTREAM), "--config", str(config), "dlq", "list"],
         cwd=tmp_path,
