@@ -50,6 +50,7 @@ from security_harness import (
     xadd_events,
 )
 
+import agentstream.cli
 from agentstream.admin import run_admin
 from agentstream.cli import run_worker
 from agentstream.testing import RedisServer
@@ -414,6 +415,16 @@ def ok(event):
 """
 
 
+def _in_process_check(directory: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ready ``run_worker(["--check", ...])`` in this process, with the app in
+    ``directory``; logging is left as it is (--check prints, and configuring
+    it would point every later test's log lines at capsys' closed stream)."""
+    (directory / "acl_check_app.py").write_text(CHECK_APP, encoding="utf-8")
+    monkeypatch.chdir(directory)
+    monkeypatch.syspath_prepend(str(directory))
+    monkeypatch.setattr(agentstream.cli, "configure_logging", lambda *_: None)
+
+
 @pytest.fixture(name="check_config")
 def _check_config(
     tmp_path: Path, server: RedisServer, stream: str, monkeypatch: pytest.MonkeyPatch
@@ -423,9 +434,7 @@ def _check_config(
     Metrics on, an ordered subscription of two partitions beside a plain one,
     so that the worker needs every rule of WORKER_RULES and ORDERED_COMMANDS.
     """
-    (tmp_path / "acl_check_app.py").write_text(CHECK_APP, encoding="utf-8")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
+    _in_process_check(tmp_path, monkeypatch)
 
     def write(user: str) -> Path:
         path = tmp_path / f"{user}.toml"
@@ -503,6 +512,33 @@ class TestCheck:
         assert len(lines) == 1 and "Traceback" not in err, err
         assert lines[0].startswith("agentstream-worker: redis check failed:"), err
         assert _named(lines[0]) == {without.removeprefix("+")}, err
+
+
+def test_check_names_a_key_outside_the_pattern(
+    admin: redis.Redis,
+    server: RedisServer,
+    tmp_path: Path,
+    stream: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A dead_letter_stream the user's key pattern does not cover: --check names that key."""
+    _in_process_check(tmp_path, monkeypatch)
+    config = tmp_path / "worker.toml"
+    config.write_text(
+        'app = "acl_check_app:app"\n'
+        f'[redis]\nurl = "redis://{server.host}:{server.port}/0"\n'
+        f'username = "{WORKER_USER}"\npassword = "{WORKER_PASSWORD}"\n'
+        f'[[subscriptions]]\nstream = "{stream}"\n'
+        'dead_letter_stream = "elsewhere:dlq"\n',
+        encoding="utf-8",
+    )
+    status = run_worker(["--config", str(config), "--check"])
+    _, err = capsys.readouterr()
+    assert status == EXIT_START, err
+    # dead letters (XADD) and, with metrics on, its length (XLEN)
+    assert "key 'elsewhere:dlq' (xadd), key 'elsewhere:dlq' (xlen)" in err, err
+    assert "denies the ACL user 2 permission(s)" in err, err
 
 
 @pytest.fixture(name="busy")
@@ -656,7 +692,10 @@ CLI_NEEDS: dict[str, tuple[list[str], set[str]]] = {
     "publish": (["publish", "{stream}", "token", "{{}}"], {"select", "xadd"}),
     "replay": (
         ["dlq", "replay", "{dlq}"],
-        {"select", "xrange", "xadd", "xdel", "evalsha", "script|exists", "script|load"},
+        {
+            "select", "xrange", "xadd", "xdel", "evalsha", "script|exists",
+            "script|load", "evalsha_ro",
+        },
     ),
     "purge": (["dlq", "purge", "--yes"], {"select", "xrange", "xdel"}),
 }  # fmt: skip
@@ -775,7 +814,8 @@ class TestEveryCommand:
         lines = [line for line in err.splitlines() if not line.startswith("following")]
         assert len(lines) == 1 and "Traceback" not in err, err
         assert lines[0].startswith("agentstream: Redis at 127.0.0.1:"), err
-        assert f" denied {without}:" in lines[0], err
+        # refused by Redis, or found missing by replay's check beforehand
+        assert f" denied {without}:" in lines[0] or f"'{without}' on " in lines[0]
         assert f"no permissions to run the '{without}' command" in lines[0], err
         assert _lengths(server, stream) == before  # replay: not in both streams
         assert {d["object"] for d in _denials(admin, user)} == {without}

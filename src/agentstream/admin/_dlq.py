@@ -29,6 +29,7 @@ from agentstream.transport.keys import (
     partition_streams,
     physical_subscriptions,
 )
+from agentstream.transport.permissions import Need, acheck_permissions
 
 #: Entries read per XRANGE while filtering.
 _PAGE = 500
@@ -215,6 +216,12 @@ async def run_replay(args: argparse.Namespace, ctx: Context) -> int:
     if not entries:
         out(_none_match(key, filters))
         return 0
+    # An XDEL refused after its XADD would leave an entry in both streams:
+    # the ACL is asked first, without writing (transport.permissions).
+    targets = sorted({text(target) for _, target, _ in moves})
+    await acheck_permissions(
+        transport, [Need("xdel", key), *(Need("xadd", t) for t in targets)]
+    )
     replayed = 0
     for i in range(0, len(moves), _CHUNK):
         chunk = moves[i : i + _CHUNK]

@@ -156,17 +156,12 @@ async def adenied(core: StreamCore, needs: Iterable[Need]) -> list[Denial]:
     """
     wanted = list(dict.fromkeys(needs))
     top = _top_level(core)
-    # Connecting comes first: a refused SELECT (or PING) stops every command.
-    connect = await _refusal(core, Need("ping"), top["ping"])
-    if connect is not None and connect.command != "ping":
-        return [connect]
     denials: list[Denial] = []
     for need in wanted:
-        if need.command == "ping":
-            denials += [connect] if connect is not None else []
-            continue
         if need.command in top:
             denial = await _refusal(core, need, top[need.command])
+            if denial is not None and denial.command == "select":
+                return [denial]  # connecting is refused: so is everything else
             if denial is not None:
                 denials.append(denial)
     scripted = [n for n in wanted if n.command in _SCRIPTED]
@@ -175,7 +170,10 @@ async def adenied(core: StreamCore, needs: Iterable[Need]) -> list[Denial]:
         slot = slot_of(need.key) if core.cluster and need.key else 0
         batches.setdefault(slot, []).append(need)
     for batch in batches.values():
-        denials.extend(await _probe(core, batch))
+        found = await _probe(core, batch)
+        denials.extend(found)
+        if any(d.need.command == "evalsha_ro" for d in found):
+            break  # the probe itself is refused: the next batches would be too
     return denials
 
 
@@ -215,6 +213,8 @@ async def _refusal(
 
 
 async def _probe(core: StreamCore, batch: list[Need]) -> list[Denial]:
+    if not batch:
+        return []
     keys = list(dict.fromkeys(n.key for n in batch if n.key))
     argv: list[str] = []
     for need in batch:
@@ -240,11 +240,19 @@ async def _probe(core: StreamCore, batch: list[Need]) -> list[Denial]:
     try:
         replies: list[Any] = await core.acall("acl check", run)
     except errors.PermissionDenied as exc:
-        # evalsha_ro or script|load refused: nothing else can be checked.
-        return [Denial(Need("evalsha_ro"), str(exc), exc.command)]
-    found = []
+        if "to access" not in str(exc):
+            # evalsha_ro or script|load refused: nothing else can be checked.
+            return [Denial(Need("evalsha_ro"), str(exc), exc.command)]
+        # Redis checks the script's declared keys first: find the one refused.
+        if len(keys) > 1:
+            found: list[Denial] = []
+            for key in keys:
+                found += await _probe(core, [n for n in batch if n.key == key])
+            return found + await _probe(core, [n for n in batch if not n.key])
+        return [Denial(need, str(exc), need.command) for need in batch]
+    denials = []
     for need, reply in zip(batch, replies, strict=True):
         if reply:
             reason = reply.decode() if isinstance(reply, bytes) else str(reply)
-            found.append(Denial(need, reason, need.command))
-    return found
+            denials.append(Denial(need, reason, need.command))
+    return denials

@@ -169,17 +169,17 @@ return 0
 # left alone, so two operators replaying the same entry at once add it once.
 # Redis does not undo a script's writes when a later command fails, hence the
 # order, and try(): a refused XADD (the target holds another type, OOM) leaves
-# the source untouched. An XDEL of id 0-0 (no entry has it) first makes the ACL
-# refuse XDEL before anything is written, not after the XADD, which would leave
-# the entry in both streams. Returns {1, new id}, {0} when the entry was gone,
-# or {-1, error} when the target refused it.
+# the source untouched. (No harmless XDEL first to meet an ACL refusal before
+# the XADD: a script's first write lifts Redis's maxmemory check off the writes
+# after it. The replay command checks the permissions beforehand.) Returns
+# {1, new id}, {0} when the entry was gone, or {-1, error} when the target
+# refused it.
 MOVE = (
     _PRELUDE
     + """
 if #call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) == 0 then
   return {0}
 end
-call('XDEL', KEYS[1], '0-0')
 local fields = {}
 for i = 2, #ARGV do fields[#fields + 1] = ARGV[i] end
 local new_id = try('XADD', KEYS[2], '*', unpack(fields))
@@ -197,14 +197,12 @@ return {1, new_id}
 # once the XADD succeeded. A MULTI would not do: Redis runs the XACK of a
 # transaction even when its XADD fails (WRONGTYPE, OOM). When it fails, the
 # entry stays pending and, unless an earlier failure's record is there, error
-# becomes its record, so that a later dead letter still says why. An XACK of id
-# 0-0 (never pending) first makes the ACL refuse XACK before the XADD, not
-# after it, which would dead-letter the entry again at its next delivery.
+# becomes its record, so that a later dead letter still says why. (The worker
+# checks at start that the ACL allows the XACK; see MOVE for why not here.)
 # Returns {1, new id}, or {0, XADD's error}.
 DEAD_LETTER = (
     _PRELUDE
     + """
-call('XACK', KEYS[1], ARGV[1], '0-0')
 local fields = {}
 for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
 local new_id = try(
