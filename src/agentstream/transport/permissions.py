@@ -84,13 +84,20 @@ _SCRIPTED: dict[str, tuple[object, ...]] = {
 }
 
 
-def _top_level(core: StreamCore) -> dict[str, Callable[[], Awaitable[Any]]]:
-    """The commands a script may not run, each in a form that changes nothing."""
+def _top_level(
+    core: StreamCore, key: str | None
+) -> dict[str, Callable[[], Awaitable[Any]]]:
+    """The commands a script may not run, each in a form that changes nothing.
+
+    ``key``: one the needs name; a cluster client routes EVALSHA by its key.
+    """
     raw: Any = core.raw
     unknown = "0" * 40
+    keys = [] if key is None else [key]
     return {
         "ping": raw.ping,
-        "evalsha": lambda: raw.evalsha(unknown, 0),  # NOSCRIPT when allowed
+        # NOSCRIPT when allowed
+        "evalsha": lambda: raw.evalsha(unknown, len(keys), *keys),
         "script|load": lambda: raw.script_load(PERMISSIONS),
         "script|exists": lambda: raw.script_exists(unknown),
         "wait": lambda: raw.wait(0, 0),
@@ -155,7 +162,7 @@ async def adenied(core: StreamCore, needs: Iterable[Need]) -> list[Denial]:
         agentstream.errors.TransportError: Redis failed otherwise.
     """
     wanted = list(dict.fromkeys(needs))
-    top = _top_level(core)
+    top = _top_level(core, next((n.key for n in wanted if n.key), None))
     denials: list[Denial] = []
     for need in wanted:
         if need.command in top:
@@ -166,8 +173,11 @@ async def adenied(core: StreamCore, needs: Iterable[Need]) -> list[Denial]:
                 denials.append(denial)
     scripted = [n for n in wanted if n.command in _SCRIPTED]
     batches: dict[int, list[Need]] = {}
-    for need in scripted:
-        slot = slot_of(need.key) if core.cluster and need.key else 0
+    for need in sorted(scripted, key=lambda n: n.key is None):
+        if need.key is None:  # keyless (TIME): along with any keyed batch
+            batches.setdefault(next(iter(batches), 0), []).append(need)
+            continue
+        slot = slot_of(need.key) if core.cluster else 0
         batches.setdefault(slot, []).append(need)
     for batch in batches.values():
         found = await _probe(core, batch)
