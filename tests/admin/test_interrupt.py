@@ -66,6 +66,11 @@ def test_ctrl_c_at_any_moment_exits_130_quietly(
     status, output = _interrupt(
         [str(AGENTSTREAM), "--config", str(config), "stats"], tmp_path, delay_s
     )
+    if output.startswith("Fatal Python error: init_import_site"):
+        # The signal landed while the interpreter imported its own site module,
+        # before the console script's first line: CPython's start-up, which no
+        # code of a package runs in (README: Exit codes). Slow under load.
+        pytest.skip("SIGINT during the interpreter's start-up (site)")
     # A shell reports a process killed by SIGINT as 130 too.
     assert status in (EXIT_INTERRUPTED, -signal.SIGINT), (status, output)
     assert output == "", output
