@@ -35,8 +35,9 @@ FORBIDDEN: dict[str, set[str]] = {
     "root": set(WINGS),
     "testing": set(),
 }
-#: Root modules allowed to import wings: the wiring, and the package's promise.
-WIRING = {"agentstream.cli", "agentstream"}
+#: Root modules allowed to import wings: the wiring (cli, the console scripts'
+#: entry points), and the package's promise.
+WIRING = {"agentstream.cli", "agentstream._entry", "agentstream"}
 #: Third-party packages only transport/ (and the test kit) may import.
 REDIS_PACKAGES = {"redis", "hiredis"}
 

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from agentstream.cli import main
+from agentstream._entry import admin
 
-main()
+admin()

@@ -31,10 +31,14 @@ from agentstream.exit_codes import (
     EXIT_USAGE,
 )
 from agentstream.logging import configure_logging
+from agentstream.transport.keys import physical_subscriptions
+from agentstream.transport.permissions import acheck_permissions
 from agentstream.transport.pool import pool_from_settings
 from agentstream.transport.retention import eviction_line
 from agentstream.transport.worker_ops import WorkerOps
 from agentstream.worker.dispatcher import running_sync_calls
+from agentstream.worker.names import name_base
+from agentstream.worker.needed_permissions import worker_needs
 from agentstream.worker.supervisor import Supervisor
 
 __all__ = [
@@ -216,22 +220,33 @@ def check(settings: Settings, app: App) -> int:
         print(f"warning: handlers for stream {stream!r}, which is not subscribed")
 
     async def ping() -> None:
-        # Read-only: --check creates no stream or group (the worker does at start).
+        # Read-only: --check creates no stream or group (the worker does at
+        # start) and checks the ACL without writing (transport.permissions).
         pool = pool_from_settings(
             settings.redis, socket_timeout_s=5.0, max_connections=2
         )
         try:
-            for sub in settings.subscriptions:
-                transport = WorkerOps.attach(
-                    sub.stream, consumer_group=sub.group, pool=pool
-                )
-                await transport.aping()
+            subs = [
+                physical
+                for sub in settings.subscriptions
+                for physical in physical_subscriptions(sub, cluster=pool.cluster)
+            ]
+            transports = [
+                WorkerOps.attach(sub.stream, consumer_group=sub.group, pool=pool)
+                for sub in subs
+            ]
+            needs = worker_needs(
+                settings, subs, transports, name_base(settings, 0), check=True
+            )
+            await acheck_permissions(transports[0], needs)
+            for transport in transports:
                 info = await transport.agroup_info()
                 state = "group exists" if info else "no group yet (created at start)"
-                print(
-                    f"redis: ok ({transport.location}, {sub.stream}/{sub.group}: {state})"
-                )
+                where = f"{transport.stream_name}/{transport.consumer_group}"
+                print(f"redis: ok ({transport.location}, {where}: {state})")
                 await _warn_unhandled_types(transport, app)
+            commands = len({need.command for need in needs})
+            print(f"redis: ACL ok (the user may run the {commands} commands needed)")
             try:
                 policy: str | None = await transport.amaxmemory_policy()
             except PermissionDenied:
@@ -242,7 +257,7 @@ def check(settings: Settings, app: App) -> int:
 
     try:
         anyio.run(ping, backend="asyncio")
-    except TransportError as exc:
+    except (TransportError, ConfigError) as exc:
         print(f"agentstream-worker: redis check failed: {exc}", file=sys.stderr)
         return EXIT_STARTUP
     return EXIT_OK

@@ -72,10 +72,18 @@ class Refused(TransportError):
 
 
 class PermissionDenied(Refused):
-    """Redis refused a command for the ACL user (NOPERM)."""
+    """Redis refused a command for the ACL user (NOPERM).
 
-    def __init__(self, message: str, operation: str = "other") -> None:
+    Attributes:
+        command: the command the ACL refused, as ``ACL SETUSER`` names it
+            (``"xdel"``, ``"xinfo|groups"``); the operation when Redis named none.
+    """
+
+    def __init__(
+        self, message: str, operation: str = "other", command: str = ""
+    ) -> None:
         super().__init__(message, operation, "NOPERM")
+        self.command = command or operation
 
 
 class ReplicationTimeout(TransportError):

@@ -107,7 +107,9 @@ class TestCollectors:
         metrics.record_tally("s", "g", tally.take())
         tally.count("token", OK, 2)
         metrics.record_tally("s", "g", tally.take())
-        metrics.record_sweep("s", "g", SweepResult(claimed=2, dead_lettered=1))
+        metrics.record_sweep(
+            "s", "g", SweepResult(claimed=2, dead_lettered=1, max_idle_ms=90_500)
+        )
         metrics.set_restarts(2)
         metrics.set_restarts(5)
         metrics.record_redis({"xreadgroup": 2}, 1)
@@ -116,6 +118,8 @@ class TestCollectors:
             return registry.get_sample_value(name, labels)
 
         group = {"stream": "s", "group": "g"}
+        idle = value("agentstream_oldest_pending_idle_seconds", **group)
+        assert idle == pytest.approx(90.5)
         assert value(
             "agentstream_events_total", **group, type="token", outcome="ok"
         ) == pytest.approx(5)

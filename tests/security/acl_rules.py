@@ -1,30 +1,36 @@
-"""The least-privilege Redis ACL users of agentstream, as tested in test_acl.py.
+"""The least-privilege Redis ACL users of agentstream, as the README gives them.
 
-Two users, for streams whose names start with ``agent_output`` (the stream,
-``<stream>:dlq``, ``<stream>:errors:<group>`` and ``<stream>:owner:*`` keys):
+Three users, for streams whose names start with ``agent_output`` (the stream,
+``<stream>:dlq``, ``<stream>:errors:<group>``, ``<stream>:owner:*`` and, for
+ordered subscriptions, ``<stream>:lease:*``, ``<stream>:fence:*`` and
+``<stream>:members:*`` keys):
 
-- :data:`WORKER_RULES`, for ``agentstream-worker``: reads through its consumer
-  group, acknowledges, dead-letters, records last errors, holds consumer-name
-  leases, and runs the Lua scripts of ``agentstream.transport.scripts``. Redis checks
-  every command a script runs against the caller's ACL, so the commands inside
-  the scripts are granted too (XPENDING, XRANGE, XACK, XCLAIM, XINFO CONSUMERS,
-  XGROUP DELCONSUMER, GET, SET, DEL, HDEL, HSETNX, HSCAN); keys stay confined to
-  the pattern.
+- :data:`WORKER_RULES`, for ``agentstream-worker`` and its ``--check``: reads
+  through its consumer group, acknowledges, dead-letters, records last errors,
+  holds consumer-name leases, runs the Lua scripts of
+  ``agentstream.transport.scripts``, and checks these very permissions at start
+  (a read-only script). Redis checks every command a script runs against the
+  caller's ACL, so the commands inside the scripts are granted too; keys stay
+  confined to the pattern. Ordered subscriptions add :data:`ORDERED_COMMANDS`.
 - :data:`READONLY_RULES`, for ``agentstream stats``, ``dlq list``/``show`` and
   ``tail``: read commands on the same keys (``%R~``), nothing that writes;
   ``stats`` reads a group's figures in one read-only Lua script (EVALSHA_RO).
+- :data:`OPERATOR_RULES`, for every ``agentstream`` command: the read-only
+  user's commands on read-write keys, plus ``publish`` (XADD; add ``+wait``
+  with ``wait_replicas`` above 0), ``dlq replay`` (a Lua script in a pipeline: EVALSHA and
+  SCRIPT EXISTS; inside it XADD and XDEL) and ``dlq purge`` (XDEL).
 
-Found empirically: the tests run the worker through every path (handled,
-failed -> retried -> dead-lettered, Retry, DeadLetter, malformed, unhandled,
-handler timeout, lease renewal, reaper claims, idle-consumer removal, a clean
-shutdown, metrics) and find ``ACL LOG`` empty; dropping a rule breaks a path.
+Each rule is needed: test_acl.py removes each in turn and finds the command it
+grants named by ``--check`` (the worker) or by the refusal (the CLI), and runs
+the worker through every path with ``ACL LOG`` staying empty.
 
-Not granted, on purpose: EVAL and SCRIPT LOAD's siblings (redis-py runs
-scripts with EVALSHA and loads them with SCRIPT LOAD on NOSCRIPT), FLUSH*,
-KEYS, CONFIG, DEBUG, any pub/sub channel, and keys outside the pattern.
-``CLIENT SETINFO`` (sent by redis-py on connect, ignored when refused) is left
-out: Redis 7.0 does not know it, so ``ACL SETUSER`` would reject the rule; on
-Redis 7.2 and later add ``+client|setinfo`` to keep ``ACL LOG`` quiet.
+Not granted, on purpose: EVAL and its siblings (redis-py runs scripts with
+EVALSHA and loads them with SCRIPT LOAD on NOSCRIPT), MULTI (no transaction is
+used), FLUSH*, KEYS, CONFIG, DEBUG, ACL, any pub/sub channel, and keys outside
+the pattern. ``CLIENT SETINFO`` (sent by redis-py on connect, ignored when
+refused) is left out: Redis 7.0 does not know it, so ``ACL SETUSER`` would
+reject the rule; on Redis 7.2 and later add ``+client|setinfo`` to keep
+``ACL LOG`` quiet.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ __all__ = [
     "OPERATOR_COMMANDS",
     "OPERATOR_RULES",
     "OPERATOR_USER",
+    "ORDERED_COMMANDS",
     "READONLY_COMMANDS",
     "READONLY_RULES",
     "READONLY_USER",
@@ -45,6 +52,7 @@ __all__ = [
 
 WORKER_USER = "agentstream-worker"
 READONLY_USER = "agentstream-readonly"
+OPERATOR_USER = "agentstream-operator"
 
 #: Streams ``agent_output``, ``agent_output:dlq``, and the worker's own keys
 #: ``agent_output:errors:<group>`` and ``agent_output:owner:<group>:<name>``.
@@ -52,10 +60,12 @@ KEY_PATTERN = "agent_output*"
 
 #: What the worker runs, at top level or inside its Lua scripts.
 WORKER_COMMANDS: tuple[str, ...] = (
-    # connection: --check pings; SELECT for a database other than 0
+    # connection: the probe loop and --check ping; SELECT for a database other
+    # than 0
     "+ping",
     "+select",
     # the consumer group: created at start (with MKSTREAM) when missing
+    "+xinfo|groups",
     "+xgroup|create",
     # reading, acknowledging, pending lists, claims, dead letters
     "+xreadgroup",
@@ -63,18 +73,11 @@ WORKER_COMMANDS: tuple[str, ...] = (
     "+xpending",
     "+xclaim",
     "+xrange",
-    # --check: the event types of the stream's newest entries
-    "+xrevrange",
     "+xadd",
-    "+xlen",
-    "+xinfo|groups",
     "+xinfo|consumers",
     "+xgroup|delconsumer",
-    # re-reading a consumer's own pending entries with their delivery counts
-    "+multi",
-    "+exec",
-    # error records (HSET, PEXPIRE, HGET; HDEL with each XACK; HSETNX, HSCAN
-    # in scripts) and consumer-name leases (GET, SET, DEL)
+    # error records (HSET, PEXPIRE, HGET; HDEL with each XACK; HSETNX, HSCAN,
+    # DEL in scripts) and consumer-name leases (GET, SET, DEL)
     "+hset",
     "+hsetnx",
     "+hget",
@@ -84,24 +87,31 @@ WORKER_COMMANDS: tuple[str, ...] = (
     "+get",
     "+set",
     "+del",
-    # the Lua scripts; EVALSHA_RO and what it runs (XINFO STREAM, EXISTS,
-    # TIME): the group's figures for the metrics
+    # the Lua scripts; EVALSHA_RO runs the permission check and the group's
+    # figures for the metrics (XINFO STREAM, EXISTS, TIME; XLEN of the DLQ)
     "+evalsha",
     "+evalsha_ro",
     "+script|load",
     "+xinfo|stream",
     "+exists",
     "+time",
+    "+xlen",
+    # --check: the event types of the stream's latest entries
+    "+xrevrange",
     # maxmemory-policy from INFO memory, at start and with the metrics
     "+info",
 )
+
+#: What ordered subscriptions add: partition leases with a fencing counter
+#: (INCR) and the members of a group (a sorted set).
+ORDERED_COMMANDS: tuple[str, ...] = ("+incr", "+zadd", "+zremrangebyscore", "+zrange")
 
 #: What ``agentstream stats``, ``dlq list``/``show``, ``tail``, ``pending
 #: list``/``show``, ``consumers list``, ``workers`` and a read-only web console
 #: run (GET: the pause state; HMGET: last errors; SCAN and PTTL: the name
 #: leases; XREVRANGE: newest dead letters first).
 READONLY_COMMANDS: tuple[str, ...] = (
-    "+ping",
+    # SELECT for a database other than 0
     "+select",
     "+time",
     "+exists",
@@ -124,31 +134,22 @@ READONLY_COMMANDS: tuple[str, ...] = (
     "+info",
 )
 
-OPERATOR_USER = "agentstream-operator"
-
-#: The read-only commands plus what ``pending claim``/``ack``, ``consumers
-#: remove``, ``group reset``, ``pause``/``resume`` and a console that is not
-#: read-only change (``dlq replay``/``purge`` also need XADD and XDEL).
+#: What every ``agentstream`` command runs: the read-only user's, plus writes.
 OPERATOR_COMMANDS: tuple[str, ...] = (
     *READONLY_COMMANDS,
+    # publish (add +wait with wait_replicas above 0); replay moves entries in
+    # a Lua script (XADD, XDEL) sent in a pipeline (SCRIPT EXISTS first); purge
+    "+xadd",
+    "+xdel",
+    "+evalsha",
+    "+script|exists",
+    # pending claim/ack, consumers remove, group reset, pause/resume
     "+xack",
     "+xclaim",
     "+xgroup|delconsumer",
     "+xgroup|setid",
     "+set",
     "+del",
-    "+evalsha",
-    "+script|load",
-    "+script|exists",
-)
-
-#: ``ACL SETUSER agentstream-operator <rules> >password``
-OPERATOR_RULES: tuple[str, ...] = (
-    "reset",
-    "on",
-    "resetchannels",
-    f"~{KEY_PATTERN}",
-    *OPERATOR_COMMANDS,
 )
 
 #: ``ACL SETUSER agentstream-worker <rules> >password``
@@ -167,6 +168,15 @@ READONLY_RULES: tuple[str, ...] = (
     "resetchannels",
     f"%R~{KEY_PATTERN}",
     *READONLY_COMMANDS,
+)
+
+#: ``ACL SETUSER agentstream-operator <rules> >password``
+OPERATOR_RULES: tuple[str, ...] = (
+    "reset",
+    "on",
+    "resetchannels",
+    f"~{KEY_PATTERN}",
+    *OPERATOR_COMMANDS,
 )
 
 

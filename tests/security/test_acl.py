@@ -18,10 +18,14 @@ from typing import Any
 import pytest
 import redis
 from acl_rules import (
+    OPERATOR_COMMANDS,
     OPERATOR_RULES,
     OPERATOR_USER,
+    ORDERED_COMMANDS,
+    READONLY_COMMANDS,
     READONLY_RULES,
     READONLY_USER,
+    WORKER_COMMANDS,
     WORKER_RULES,
     WORKER_USER,
     setuser_line,
@@ -34,6 +38,7 @@ from security_harness import (
     EXIT_START,
     GROUP,
     WORKER,
+    WorkerProcess,
     dead_letters,
     one_error_line,
     pending_count,
@@ -46,7 +51,9 @@ from security_harness import (
     xadd_events,
 )
 
+import agentstream.cli
 from agentstream.admin import run_admin
+from agentstream.cli import run_worker
 from agentstream.testing import RedisServer
 from agentstream.worker.consumer import RETRY_CONSUMER
 
@@ -55,6 +62,8 @@ pytestmark = [pytest.mark.security, pytest.mark.redis]
 ADMIN_PASSWORD = "acl-admin-Pw-5b1e"
 WORKER_PASSWORD = "acl-worker-Pw-97c2"
 READONLY_PASSWORD = "acl-readonly-Pw-0d4a"
+OPERATOR_PASSWORD = "acl-operator-Pw-3f81"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 _users = itertools.count()
 
@@ -74,6 +83,7 @@ def _server(
     ):
         _setuser(admin, WORKER_USER, WORKER_RULES, WORKER_PASSWORD)
         _setuser(admin, READONLY_USER, READONLY_RULES, READONLY_PASSWORD)
+        _setuser(admin, OPERATOR_USER, OPERATOR_RULES, OPERATOR_PASSWORD)
         yield server
 
 
@@ -183,6 +193,7 @@ def _e2e_factory(
 
 #: ``restricted("+xclaim")``: a worker user with every rule of WORKER_RULES but
 #: that one, and the e2e run and config logging in as it: (e2e, config, user).
+#: ``restricted("")``: one with all of them.
 Restricted = Callable[[str], tuple[E2E, Path, str]]
 
 
@@ -191,7 +202,7 @@ def _restricted(
     admin: redis.Redis, server: RedisServer, e2e_factory: Callable[[], E2E]
 ) -> Restricted:
     def make(without: str) -> tuple[E2E, Path, str]:
-        assert without in WORKER_RULES
+        assert not without or without in WORKER_RULES
         user = f"worker-without-{without.strip('+').replace('|', '-')}-{next(_users)}"
         rules = [rule for rule in WORKER_RULES if rule != without]
         _setuser(admin, user, rules, WORKER_PASSWORD)
@@ -199,6 +210,17 @@ def _restricted(
         return e2e, _user_config(e2e, server, user, WORKER_PASSWORD, {}), user
 
     return make
+
+
+def _stderr_line(worker: WorkerProcess) -> str:
+    lines = [line for line in worker.stderr().splitlines() if line.strip()]
+    assert len(lines) == 1, worker.tail()
+    return lines[0]
+
+
+def _named(line: str) -> set[str]:
+    """The commands a refusal line names (before Redis's own words)."""
+    return set(re.findall(r"'([a-z_|]+)'", line.split("(first refusal")[0]))
 
 
 class TestWorkerUser:
@@ -294,29 +316,44 @@ class TestWorkerUser:
         e2e, config, _ = restricted("+xgroup|create")
         status, worker = e2e.run(["--config", str(config)], timeout=30)
         assert status == EXIT_START, worker.tail()
-        lines = [line for line in worker.stderr().splitlines() if line.strip()]
-        assert len(lines) == 1, worker.tail()
-        assert lines[0].startswith("agentstream-worker: cannot start:"), lines
-        assert "no permissions" in lines[0] and "'xgroup|create'" in lines[0], lines
+        line = _stderr_line(worker)
+        assert line.startswith("agentstream-worker: cannot start:"), line
+        assert "no permissions" in line and _named(line) == {"xgroup|create"}, line
         assert "Traceback" not in worker.stdout() + worker.stderr()
+
+    def test_start_names_every_missing_permission(
+        self, admin: redis.Redis, server: RedisServer, e2e_factory: Callable[[], E2E]
+    ) -> None:
+        """Two rules missing (one used only inside a Lua script): the worker names both at start, before it creates anything."""
+        user = f"worker-two-missing-{next(_users)}"
+        rules = [r for r in WORKER_RULES if r not in ("+hsetnx", "+xgroup|delconsumer")]
+        _acl(admin, "SETUSER", user, *rules, f">{WORKER_PASSWORD}")
+        e2e = e2e_factory()
+        config = _user_config(e2e, server, user, WORKER_PASSWORD, {})
+        status, worker = e2e.run(["--config", str(config)], timeout=30)
+        assert status == EXIT_START, worker.tail()
+        line = _stderr_line(worker)
+        assert _named(line) == {"hsetnx", "xgroup|delconsumer"}, line
+        assert f"on {e2e.stream}:errors:{GROUP}" in line, line
+        assert not e2e.client.exists(e2e.stream), "the check created the stream"
 
     def test_missing_run_time_permission_is_logged_and_loses_nothing(
         self,
         admin: redis.Redis,
         restricted: Restricted,
     ) -> None:
-        """A worker user without XCLAIM keeps running, logs one error line about xclaim, and the failed event stays pending."""
-        e2e, config, user = restricted("+xclaim")
+        """XCLAIM revoked while the worker runs: it keeps running, logs one error line about xclaim, and the failed event stays pending."""
+        e2e, config, user = restricted("")
         worker = e2e.start(config)
         worker.wait_for_log("worker_started", 20)
+        _acl(admin, "SETUSER", user, "-xclaim")
         xadd_events(e2e.client, e2e.stream, "fail", [{"n": "f1"}])
         record = worker.wait_for_log(
             lambda r: r.get("level") == "error" and "xclaim" in str(r.get("error")),
             20,
         )
         assert "exception" not in record, record
-        # Redis 7.0 and 7.2+/Valkey word the refusal differently
-        assert "may not run a command of its script" in record["error"], record
+        assert "run the 'xclaim' command" in record["error"], record
         # the other consumers go on handling events
         xadd_events(e2e.client, e2e.stream, "ok", [{"n": "ok1"}])
         wait_until(lambda: "ok1" in e2e.recorder.handled(), 20, "ok1 handled", worker)
@@ -333,31 +370,41 @@ class TestWorkerUser:
         assert "Traceback" not in worker.stdout() + worker.stderr()
         assert {d["object"] for d in _denials(admin, user)} == {"xclaim"}
 
-    @pytest.mark.parametrize("without", ["+xclaim", "+xreadgroup"])
+    @pytest.mark.parametrize(
+        ("revoked", "event_type"),
+        [
+            ("xclaim", "fail"),  # in the Lua script that parks a retry
+            ("xreadgroup", "ok"),  # top level
+            ("xadd", "dead"),  # the dead-letter script's XADD (refusal returned)
+            ("xack", "dead"),  # the dead-letter script, before its XADD
+            ("hset", "fail"),  # a pipeline: the error record
+        ],
+    )
     def test_run_time_permission_error_names_the_command(
         self,
+        admin: redis.Redis,
         restricted: Restricted,
-        without: str,
+        revoked: str,
+        event_type: str,
     ) -> None:
-        """A permission refused at run time is logged as PermissionDenied naming the command, not as Redis being unavailable."""
-        e2e, config, _ = restricted(without)
-        command = without.removeprefix("+")
+        """A permission revoked at run time is logged as redis_permission_denied naming the command, even inside a Lua script; nothing is lost."""
+        e2e, config, user = restricted("")
         worker = e2e.start(config)
         worker.wait_for_log("worker_started", 20)
-        xadd_events(e2e.client, e2e.stream, "fail", [{"n": "f1"}])
+        _acl(admin, "SETUSER", user, f"-{revoked}")
+        xadd_events(e2e.client, e2e.stream, event_type, [{"n": "e1"}])
         record = worker.wait_for_log(
-            lambda r: (
-                r.get("level") == "error"
-                and "error" in r
-                and r.get("event") != "handler_failed"
-            ),
-            20,
+            lambda r: r.get("event") == "redis_permission_denied", 20
         )
         worker.terminate()
         worker.wait(15)
-        assert record["event"] != "redis_unavailable", record
-        assert record["error"].startswith("PermissionDenied"), record
-        assert f"'{command}'" in record["error"], record
+        assert record["command"] == revoked, record
+        assert f"denied {revoked}:" in record["error"], record
+        assert f"'{revoked}'" in record["error"], record
+        assert not [r for r in worker.logs() if r.get("event") == "redis_unavailable"]
+        assert "Traceback" not in worker.stdout() + worker.stderr()
+        if revoked != "xreadgroup":  # read, so pending or dead-lettered once
+            assert e2e.client.xlen(e2e.dlq) + pending_count(e2e.client, e2e.stream) >= 1
 
     @pytest.mark.parametrize("without", ["+evalsha", "+set"])
     def test_missing_lease_permission_exits_3_with_one_line(
@@ -371,6 +418,146 @@ class TestWorkerUser:
         assert status == EXIT_START, worker.tail()
         lines = [line for line in worker.stderr().splitlines() if line.strip()]
         assert len(lines) == 1 and "cannot start" in lines[0], worker.tail()
+
+
+CHECK_APP = """\
+from agentstream import App
+
+app = App()
+
+
+@app.handler("ok")
+def ok(event):
+    return None
+"""
+
+
+def _in_process_check(directory: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ready ``run_worker(["--check", ...])`` in this process, with the app in
+    ``directory``; logging is left as it is (--check prints, and configuring
+    it would point every later test's log lines at capsys' closed stream)."""
+    (directory / "acl_check_app.py").write_text(CHECK_APP, encoding="utf-8")
+    monkeypatch.chdir(directory)
+    monkeypatch.syspath_prepend(str(directory))
+    monkeypatch.setattr(agentstream.cli, "configure_logging", lambda *_: None)
+
+
+@pytest.fixture(name="check_config")
+def _check_config(
+    tmp_path: Path, server: RedisServer, stream: str, monkeypatch: pytest.MonkeyPatch
+) -> Callable[[str], Path]:
+    """``check_config(user)``: every feature that needs a permission, database 1.
+
+    Metrics on, an ordered subscription of two partitions beside a plain one,
+    so that the worker needs every rule of WORKER_RULES and ORDERED_COMMANDS.
+    """
+    _in_process_check(tmp_path, monkeypatch)
+
+    def write(user: str) -> Path:
+        path = tmp_path / f"{user}.toml"
+        path.write_text(
+            'app = "acl_check_app:app"\n'
+            f'[redis]\nurl = "redis://{server.host}:{server.port}/1"\n'
+            f'username = "{user}"\npassword = "{WORKER_PASSWORD}"\n'
+            "[metrics]\nenabled = true\nport = 0\n"
+            f'[[subscriptions]]\nstream = "{stream}"\n'
+            f'[[subscriptions]]\nstream = "{stream}:ordered"\n'
+            "partitions = 2\nordered = true\n",
+            encoding="utf-8",
+        )
+        return path
+
+    return write
+
+
+def _db1(server: RedisServer) -> redis.Redis:
+    return redis.Redis(
+        host=server.host, port=server.port, password=ADMIN_PASSWORD, db=1
+    )
+
+
+class TestCheck:
+    def test_check_passes_under_the_rules_and_writes_nothing(
+        self,
+        admin: redis.Redis,
+        server: RedisServer,
+        check_config: Callable[[str], Path],
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """--check as a user with the README's worker and ordered rules: exit 0, ACL LOG empty, no key written."""
+        user = f"worker-check-{next(_users)}"
+        _acl(
+            admin,
+            "SETUSER",
+            user,
+            *WORKER_RULES,
+            *ORDERED_COMMANDS,
+            f">{WORKER_PASSWORD}",
+        )
+        with _db1(server) as db1:
+            before = db1.dbsize()
+            status = run_worker(["--config", str(check_config(user)), "--check"])
+            out, err = capsys.readouterr()
+            assert status == EXIT_OK, err
+            assert "ACL ok" in out, out
+            assert db1.dbsize() == before
+        assert _denials(admin, user) == []
+
+    @pytest.mark.parametrize(
+        "without",
+        # +info is optional: without it the worker warns once that it cannot
+        # read maxmemory-policy, and runs.
+        [r for r in (*WORKER_COMMANDS, *ORDERED_COMMANDS) if r != "+info"],
+        ids=lambda rule: rule.strip("+"),
+    )
+    def test_check_names_each_missing_rule(
+        self,
+        admin: redis.Redis,
+        check_config: Callable[[str], Path],
+        capsys: pytest.CaptureFixture[str],
+        without: str,
+    ) -> None:
+        """--check without one rule: exit 3, one line naming exactly that command."""
+        user = f"worker-check-{next(_users)}"
+        rules = [r for r in (*WORKER_RULES, *ORDERED_COMMANDS) if r != without]
+        _acl(admin, "SETUSER", user, *rules, f">{WORKER_PASSWORD}")
+        # SCRIPT LOAD is needed only on a server that lost its scripts
+        _acl(admin, "LOG", "RESET")
+        admin.script_flush()
+        status = run_worker(["--config", str(check_config(user)), "--check"])
+        _, err = capsys.readouterr()
+        lines = err.splitlines()
+        assert status == EXIT_START, err
+        assert len(lines) == 1 and "Traceback" not in err, err
+        assert lines[0].startswith("agentstream-worker: redis check failed:"), err
+        assert _named(lines[0]) == {without.removeprefix("+")}, err
+
+
+def test_check_names_a_key_outside_the_pattern(
+    admin: redis.Redis,
+    server: RedisServer,
+    tmp_path: Path,
+    stream: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A dead_letter_stream the user's key pattern does not cover: --check names that key."""
+    _in_process_check(tmp_path, monkeypatch)
+    config = tmp_path / "worker.toml"
+    config.write_text(
+        'app = "acl_check_app:app"\n'
+        f'[redis]\nurl = "redis://{server.host}:{server.port}/0"\n'
+        f'username = "{WORKER_USER}"\npassword = "{WORKER_PASSWORD}"\n'
+        f'[[subscriptions]]\nstream = "{stream}"\n'
+        'dead_letter_stream = "elsewhere:dlq"\n',
+        encoding="utf-8",
+    )
+    status = run_worker(["--config", str(config), "--check"])
+    _, err = capsys.readouterr()
+    assert status == EXIT_START, err
+    # dead letters (XADD) and, with metrics on, its length (XLEN)
+    assert "key 'elsewhere:dlq' (xadd), key 'elsewhere:dlq' (xlen)" in err, err
+    assert "denies the ACL user 2 permission(s)" in err, err
 
 
 @pytest.fixture(name="busy")
@@ -504,7 +691,8 @@ class TestReadOnlyUser:
         argv = [WORKER, "--config", str(config), "--check"]
         proc = run(argv, cwd=e2e.dir, env=_env(e2e))
         assert proc.returncode == EXIT_START, proc.stderr
-        assert "'xgroup|create'" in one_error_line(proc)
+        named = _named(one_error_line(proc))
+        assert {"xgroup|create", "xreadgroup", "xack", "hset", "evalsha"} <= named
 
 
 def test_setuser_lines_are_accepted_by_redis(admin: redis.Redis) -> None:
@@ -514,6 +702,166 @@ def test_setuser_lines_are_accepted_by_redis(admin: redis.Redis) -> None:
         assert line.startswith("ACL ")
         assert _acl(admin, *line.split()[1:]) in (b"OK", "OK")
         _acl(admin, "DELUSER", f"{user}-doc")
+
+
+#: Every ``agentstream`` command, and the rules of OPERATOR_COMMANDS it needs
+#: (found by removing each: the others are not used by it). Database 1, so
+#: that SELECT is needed; scripts flushed first, so that SCRIPT LOAD is.
+CLI_NEEDS: dict[str, tuple[list[str], set[str]]] = {
+    "stats": (
+        ["stats", "--json"],
+        {
+            "select", "time", "exists", "xlen", "xpending", "xinfo|stream",
+            "xinfo|groups", "xinfo|consumers", "xrange", "evalsha_ro", "script|load",
+        },
+    ),
+    "dlq-list": (["dlq", "list"], {"select", "xrange"}),
+    "dlq-show": (["dlq", "show", "{dlq}"], {"select", "xrange"}),
+    "tail": (["tail", "{stream}", "--from", "0", "--count", "2"], {"select", "xread"}),
+    "publish": (["publish", "{stream}", "token", "{{}}"], {"select", "xadd"}),
+    "replay": (
+        ["dlq", "replay", "{dlq}"],
+        {
+            "select", "xrange", "xadd", "xdel", "evalsha", "script|exists",
+            "script|load", "evalsha_ro",
+        },
+    ),
+    "purge": (["dlq", "purge", "--yes"], {"select", "xrange", "xdel"}),
+}  # fmt: skip
+_READING = ("stats", "dlq-list", "dlq-show", "tail")
+
+
+def test_the_rules_are_what_the_commands_need() -> None:
+    """The operator's rules cover what these commands need, the read-only user's
+    what the reading ones need (the operator commands of TestOperatorUser need
+    more: the pause state, name leases, last errors, group changes)."""
+    needed = set().union(*(needs for _, needs in CLI_NEEDS.values()))
+    assert needed <= {rule.removeprefix("+") for rule in OPERATOR_COMMANDS}
+    reading = set().union(*(CLI_NEEDS[name][1] for name in _READING))
+    assert reading <= {rule.removeprefix("+") for rule in READONLY_COMMANDS}
+
+
+@pytest.fixture(name="busy1")
+def _busy1(server: RedisServer, admin: redis.Redis, stream: str) -> dict[str, str]:
+    """In database 1: a group with a pending entry, an unread one, a dead letter."""
+    admin.script_flush()
+    with _db1(server) as db1:
+        db1.xgroup_create(stream, "agents", "0", mkstream=True)
+        first = db1.xadd(stream, {"type": "token", "data": '{"token": "a"}'})
+        db1.xreadgroup("agents", "worker-1", {stream: ">"}, count=1)
+        db1.xadd(stream, {"type": "token", "data": '{"token": "b"}'})
+        dlq_id = db1.xadd(
+            f"{stream}:dlq",
+            {
+                "type": "token",
+                "data": '{"token": "a"}',
+                "dlq_stream": stream,
+                "dlq_id": first.decode(),
+                "dlq_reason": "max_deliveries",
+                "dlq_error": "KeyError: 'city'",
+                "dlq_delivery_count": "5",
+            },
+        )
+    return {"dlq": dlq_id.decode(), "stream": stream}
+
+
+@pytest.fixture(name="cli_as")
+def _cli_as(
+    tmp_path: Path,
+    server: RedisServer,
+    stream: str,
+    busy1: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+) -> Callable[[str, str], tuple[int, str, str]]:
+    """``cli_as(user, command)``: a CLI_NEEDS command in-process as ``user``."""
+
+    def run_cli(user: str, command: str) -> tuple[int, str, str]:
+        path = tmp_path / f"{user}.toml"
+        path.write_text(
+            f'[redis]\nurl = "redis://{server.host}:{server.port}/1"\n'
+            f'username = "{user}"\npassword = "{OPERATOR_PASSWORD}"\n'
+            f'[[subscriptions]]\nstream = "{stream}"\n',
+            encoding="utf-8",
+        )
+        argv = [a.format(**busy1) for a in CLI_NEEDS[command][0]]
+        status = run_admin(["--config", str(path), *argv])
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    return run_cli
+
+
+def _lengths(server: RedisServer, stream: str) -> tuple[int, int]:
+    with _db1(server) as db1:
+        return db1.xlen(stream), db1.xlen(f"{stream}:dlq")
+
+
+class TestEveryCommand:
+    @pytest.mark.parametrize("command", list(CLI_NEEDS))
+    def test_operator_runs_every_command(
+        self,
+        admin: redis.Redis,
+        server: RedisServer,
+        stream: str,
+        cli_as: Callable[[str, str], tuple[int, str, str]],
+        command: str,
+    ) -> None:
+        """Each command as the operator user: it works, and ACL LOG stays empty."""
+        status, out, err = cli_as(OPERATOR_USER, command)
+        assert status == EXIT_OK, err
+        assert "denied" not in out + err
+        after = {
+            "publish": (3, 1),
+            "replay": (3, 0),
+            "purge": (2, 0),
+        }.get(command, (2, 1))
+        assert _lengths(server, stream) == after
+        assert _denials(admin, OPERATOR_USER) == []
+
+    @pytest.mark.parametrize(
+        ("command", "without"),
+        [
+            (name, rule)
+            for name, (_, needs) in CLI_NEEDS.items()
+            for rule in sorted(needs)
+        ],
+    )
+    def test_each_missing_rule_is_named(
+        self,
+        admin: redis.Redis,
+        server: RedisServer,
+        stream: str,
+        cli_as: Callable[[str, str], tuple[int, str, str]],
+        command: str,
+        without: str,
+    ) -> None:
+        """A command as a user lacking one of its rules: exit 1, one line naming the refused command; nothing half done."""
+        user = f"operator-without-{without.replace('|', '-')}-{next(_users)}"
+        rules = [r for r in OPERATOR_RULES if r != f"+{without}"]
+        _acl(admin, "SETUSER", user, *rules, f">{OPERATOR_PASSWORD}")
+        before = _lengths(server, stream)
+        status, _, err = cli_as(user, command)
+        assert status == EXIT_FAILED, err
+        lines = [line for line in err.splitlines() if not line.startswith("following")]
+        assert len(lines) == 1 and "Traceback" not in err, err
+        assert lines[0].startswith("agentstream: Redis at 127.0.0.1:"), err
+        # refused by Redis, or found missing by replay's check beforehand
+        assert f" denied {without}:" in lines[0] or f"'{without}' on " in lines[0]
+        assert f"no permissions to run the '{without}' command" in lines[0], err
+        assert _lengths(server, stream) == before  # replay: not in both streams
+        assert {d["object"] for d in _denials(admin, user)} == {without}
+
+
+def test_the_readme_gives_these_rules() -> None:
+    """The README's ACL SETUSER lines are the tested rules, word for word."""
+    text = README.read_text("utf-8")
+    for user, rules, password in (
+        (WORKER_USER, WORKER_RULES, "WORKER-PASSWORD"),
+        (READONLY_USER, READONLY_RULES, "READONLY-PASSWORD"),
+        (OPERATOR_USER, OPERATOR_RULES, "OPERATOR-PASSWORD"),
+    ):
+        assert f"\n{setuser_line(user, rules, password)}\n" in text, user
+    assert f"`{' '.join(ORDERED_COMMANDS)}`" in text
 
 
 class TestOperatorUser:
@@ -526,13 +874,15 @@ class TestOperatorUser:
         capsys: pytest.CaptureFixture[str],
     ) -> None:
         """The README's operator rules run every command that changes a group, no refusal."""
-        _setuser(admin, OPERATOR_USER, OPERATOR_RULES, READONLY_PASSWORD)
+        _setuser(admin, f"{OPERATOR_USER}-console", OPERATOR_RULES, READONLY_PASSWORD)
         admin.xgroup_create(stream, GROUP, "0", mkstream=True)
         first = str(admin.xadd(stream, {"type": "t", "data": "{}"}), "ascii")  # type: ignore[arg-type]
         second = str(admin.xadd(stream, {"type": "t", "data": "{}"}), "ascii")  # type: ignore[arg-type]
         admin.xreadgroup(GROUP, "w-0-0", {stream: ">"}, count=10)
         admin.xgroup_createconsumer(stream, GROUP, "empty-0-0")
-        config = _cli_config(tmp_path / "op.toml", server, stream, OPERATOR_USER)
+        config = _cli_config(
+            tmp_path / "op.toml", server, stream, f"{OPERATOR_USER}-console"
+        )
         for argv in (
             ["pending", "list"],
             ["pending", "show", first],
@@ -548,6 +898,6 @@ class TestOperatorUser:
         ):
             status = run_admin(["--config", str(config), *argv])
             assert status == EXIT_OK, (argv, capsys.readouterr().err)
-        assert _denials(admin, OPERATOR_USER) == []
+        assert _denials(admin, f"{OPERATOR_USER}-console") == []
         owners = admin.xpending_range(stream, GROUP, "-", "+", 10)
         assert [o["consumer"] for o in owners] == [RETRY_CONSUMER.encode()]

@@ -155,7 +155,10 @@ class TestVerifiedConnection:
         config.write_text(text, encoding="utf-8")
         check = _check(config)
         assert check.returncode == EXIT_OK, check.stderr
-        assert f"redis: ok ({host}:{server.port}, {stream_name}/agents: " in check.stdout
+        assert (
+            f"redis: ok ({host}:{server.port}, {stream_name}/agents: " in check.stdout
+        )
+        assert "redis: ACL ok" in check.stdout
         stats = _stats(config)
         assert stats.returncode == EXIT_OK, stats.stderr
         assert stats.stderr.startswith(f"redis: rediss://{host}:{server.port}")

@@ -14,7 +14,7 @@ import structlog.testing
 
 from agentstream import App, Event, RedisStreamTransport, Settings
 from agentstream.testing import await_for
-from agentstream.transport.pool import pool_from_settings
+from agentstream.transport.pool import RedisConnectionPool, pool_from_settings
 from agentstream.transport.worker_ops import WorkerOps
 from agentstream.worker import unhandled
 from agentstream.worker.consumer import RETRY_CONSUMER
@@ -199,20 +199,36 @@ class TestReaperSweep:
         producer.read_group("live", count=300)  # pending, and the owner is fresh
         dead_id = producer.publish("t", {"n": -1})
         producer.read_group("dead", count=1)
-        settings = make_settings(redis_url, stream_name)
-        supervisor = Supervisor(settings, App(), handle_signals=False)
-        pool = pool_from_settings(settings.redis, socket_timeout_s=5, max_connections=4)
-        transport = await WorkerOps.aopen(stream_name, pool=pool)
-        consumer = supervisor._consumer(
-            "reaper", settings.subscriptions[0], transport, Dispatcher(1, 1)
-        )
-        reaper = Reaper(consumer, settings.reaper, [consumer.name])
+        reaper, transport, pool = await _reaper(redis_url, stream_name)
         await await_for(lambda: _idle_at_least(transport, dead_id, 300), timeout=5)
         await transport.arenew("live", [e.id for e in producer.pending_range(300)])
-        async with consumer.active():
+        async with reaper.consumer.active():
             result = await reaper.sweep()
         assert result.scanned == 1
         assert result.claimed == 1
+        assert result.max_idle_ms >= 300  # the dead one's; the live ones unseen
+        await pool.aclose()
+        producer.delete()
+        producer.close()
+
+    async def test_sweep_reports_the_largest_idle_time(
+        self, redis_url: str, stream_name: str
+    ) -> None:
+        """max_idle_ms: the idlest pending entry a sweep finds, before it claims it; 0 when none is idle for min_idle_ms."""
+        producer = RedisStreamTransport(stream_name, redis_url=redis_url)
+        older = producer.publish("t", {"n": 1})
+        producer.read_group("dead", count=1)
+        reaper, transport, pool = await _reaper(redis_url, stream_name)
+        async with reaper.consumer.active():
+            assert (await reaper.sweep()).max_idle_ms == 0  # idle < min_idle_ms
+        await await_for(lambda: _idle_at_least(transport, older, 700), timeout=5)
+        newer = producer.publish("t", {"n": 2})
+        producer.read_group("dead", count=1)
+        await await_for(lambda: _idle_at_least(transport, newer, 300), timeout=5)
+        result = await reaper.sweep()
+        assert result.claimed == 2
+        assert result.max_idle_ms >= 700  # the older one's, not the newer one's
+        assert (await reaper.sweep()).max_idle_ms == 0  # claimed and handled
         await pool.aclose()
         producer.delete()
         producer.close()
@@ -256,6 +272,20 @@ class TestReaperSweep:
                 supervisor.stop()
         producer.delete()
         producer.close()
+
+
+async def _reaper(
+    redis_url: str, stream_name: str
+) -> tuple[Reaper, WorkerOps, RedisConnectionPool]:
+    """A reaper of ``make_settings`` (min_idle_ms 300) on its own pool."""
+    settings = make_settings(redis_url, stream_name)
+    supervisor = Supervisor(settings, App(), handle_signals=False)
+    pool = pool_from_settings(settings.redis, socket_timeout_s=5, max_connections=4)
+    transport = await WorkerOps.aopen(stream_name, pool=pool)
+    consumer = supervisor._consumer(
+        "reaper", settings.subscriptions[0], transport, Dispatcher(1, 1)
+    )
+    return Reaper(consumer, settings.reaper, [consumer.name]), transport, pool
 
 
 async def _idle_at_least(

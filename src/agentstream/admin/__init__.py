@@ -1,6 +1,6 @@
 """The ``agentstream`` operator command: stats, dead letters, publish and tail.
 
-``agentstream.cli:main`` (the ``agentstream`` console script and
+``agentstream._entry:admin`` (the ``agentstream`` console script and
 ``python -m agentstream``) calls :func:`run_admin`.
 """
 

@@ -22,6 +22,7 @@ from agentstream.transport.keys import (
     partition_streams,
     physical_subscriptions,
 )
+from agentstream.transport.permissions import Need, acheck_permissions
 
 __all__ = [
     "DeadLetterPage",
@@ -190,6 +191,13 @@ async def replay(ops: AdminOps, key: str, entries: Sequence[Entry]) -> ReplayRes
             result.problems.append(move)
         else:
             moves.append(move)
+    if moves:
+        # An XDEL refused after its XADD would leave an entry in both streams:
+        # the ACL is asked first, without writing (transport.permissions).
+        targets = sorted({text(target) for _, target, _ in moves})
+        await acheck_permissions(
+            ops, [Need("xdel", key), *(Need("xadd", t) for t in targets)]
+        )
     for i in range(0, len(moves), _CHUNK):
         chunk = moves[i : i + _CHUNK]
         new_ids = await ops.amove_entries(key, chunk)

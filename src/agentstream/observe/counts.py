@@ -169,3 +169,7 @@ class SweepResult:
     waiting: int = 0
     removed_consumers: list[str] = field(default_factory=list)
     duration_s: float = 0.0
+    #: The largest idle time (XPENDING) among the pending entries the sweep
+    #: scanned, before it claimed any: those idle for ``min_idle_ms`` or more,
+    #: of consumers not alive (a live one renews its entries); 0 when none.
+    max_idle_ms: int = 0

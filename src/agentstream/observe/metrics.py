@@ -201,6 +201,13 @@ class Metrics:
             "Age of the oldest pending entry, from its id and the server's clock; "
             "0 when none is pending; absent when the id lies in the future.",
         )
+        self.oldest_pending_idle = gauge(
+            "agentstream_oldest_pending_idle_seconds",
+            "Largest idle time (since its last delivery or claim) of a pending "
+            "entry the last reaper sweep found idle for min_idle_ms or more; "
+            "0 when none was.",
+            mode="livemax",
+        )
         self.stream_length = gauge(
             "agentstream_stream_length", "Entries in the stream.", ("stream",)
         )
@@ -348,6 +355,7 @@ class Metrics:
         self.claimed.labels(stream, group).inc(result.claimed)
         self.sweep_duration.labels(stream, group).observe(result.duration_s)
         self.last_sweep.labels(stream, group).set(time.time())
+        self.oldest_pending_idle.labels(stream, group).set(result.max_idle_ms / 1000)
 
     def record_group_stats(self, stream: str, group: str, stats: GroupStats) -> None:
         """Set the backlog gauges of one group from a ``GroupStats``."""

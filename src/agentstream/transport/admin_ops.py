@@ -13,6 +13,7 @@ from agentstream.transport.core import (
     RawFields,
     StreamCore,
     decode_id,
+    denied_command,
     pending_entries,
     pending_summary,
     to_text,
@@ -154,7 +155,7 @@ class AdminOps(StreamCore):
                     await self._move(keys=[source, target], args=args, client=pipe)
                 return list(await pipe.execute())
 
-        results = await self.acall("xadd/xdel", run)
+        results = await self.acall("move", run)
         outcomes: list[str | None | errors.TransportError] = []
         for (_, target, _), (status, *rest) in zip(moves, results, strict=True):
             if status == 1:
@@ -162,14 +163,16 @@ class AdminOps(StreamCore):
             elif status == 0:
                 outcomes.append(None)
             else:
+                text = self._scrub(to_text(rest[0]))
+                denied = denied_command(text)
+                if denied is not None:  # the ACL: every other move fails alike
+                    command = denied or "xadd"
+                    msg = f"Redis at {self.location} denied {command}: {text}"
+                    raise errors.PermissionDenied(msg, "move", command)
                 msg = (
                     f"Redis at {self.location} refused the XADD to {to_text(target)!r}"
                 )
-                outcomes.append(
-                    errors.TransportError(
-                        self._scrub(f"{msg}: {to_text(rest[0])}"), "xadd"
-                    )
-                )
+                outcomes.append(errors.TransportError(f"{msg}: {text}", "xadd"))
         return outcomes
 
     # -- pending entries -------------------------------------------------------

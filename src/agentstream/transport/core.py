@@ -38,6 +38,7 @@ __all__ = [
     "StreamCore",
     "consumer_idle_ms",
     "decode_id",
+    "denied_command",
     "pairs_to_fields",
     "pending_entries",
     "pending_summary",
@@ -145,6 +146,36 @@ def send(client: Any, args: Sequence[Any]) -> Any:
     For commands and options redis-py 5 has no method for (XACKDEL, ACKED).
     """
     return client.execute_command(*args)
+
+
+# How Redis words an ACL refusal: "NOPERM this user has no permissions to run
+# the 'xdel' command" at top level; the scripts' prelude words refusals inside a
+# script the same way (see transport.scripts).
+_DENIED_RE = re.compile(
+    r"permissions to (?:run the|access one of the keys used as arguments of the)"
+    r" '([^']+)' command"
+)
+_ACL_MARKS = (
+    "NOPERM",
+    "can't run this command",
+    "can't access at least one",
+    "ACL failure in script",  # Redis 7.2+ and Valkey, inside a script
+)
+
+
+def denied_command(text: str, exc: Exception | None = None) -> str | None:
+    """The command an ACL refusal names: ``"xdel"``, ``"xinfo|groups"``...
+
+    Returns:
+        None when ``text`` is no ACL refusal; ``""`` when it is one that names no
+        command (a key the user may not access, from Redis 7.2 on).
+    """
+    match = _DENIED_RE.search(text)
+    if match is not None:
+        return match.group(1)
+    if isinstance(exc, rex.NoPermissionError) or any(m in text for m in _ACL_MARKS):
+        return ""
+    return None
 
 
 def decode_id(value: bytes | str) -> str:
@@ -260,33 +291,19 @@ class StreamCore:
         except (rex.ConnectionError, rex.TimeoutError, OSError) as exc:
             msg = f"cannot reach Redis at {self._where} ({operation}): {exc}"
             raise errors.ConnectionError(self._scrub(msg), operation) from None
-        except rex.NoPermissionError as exc:
-            msg = f"Redis at {self._where} denied {operation}: {exc}"
-            raise errors.PermissionDenied(self._scrub(msg), operation) from None
-        except rex.ResponseError as exc:
+        except rex.ResponseError as exc:  # NoPermissionError among them
             text = self._scrub(str(exc))
+            denied = denied_command(text, exc)
+            if denied is not None:
+                command = denied or operation
+                msg = f"Redis at {self._where} denied {command}: {text}"
+                raise errors.PermissionDenied(msg, operation, command) from None
             code = refusal_code(text, exc)
             if code is not None:
                 msg = f"Redis at {self._where} refused {operation} ({code}): {text}"
                 raise errors.Refused(msg, operation, code) from None
             if "NOGROUP" in text:  # pipelines prefix the command's position
                 raise NoGroup(text, operation) from None
-            if "can't run this command" in text or "ACL failure in script" in text:
-                # A command inside a Lua script refused by the ACL. Redis 7.0
-                # does not say which one ("can't run this command"); Redis
-                # 7.2+ and Valkey do ("ACL failure in script: ... the 'set'
-                # command"). Name all that the script runs, and keep the text.
-                commands = ", ".join(
-                    f"'{c}'" for c in _scripts.COMMANDS.get(operation, ())
-                )
-                msg = (
-                    f"Redis at {self._where} denied {operation}: the user may not "
-                    f"run a command of its script ({commands}): {text}"
-                )
-                raise errors.PermissionDenied(self._scrub(msg), operation) from None
-            if "NOPERM" in text:
-                msg = f"Redis at {self._where} denied {operation}: {text}"
-                raise errors.PermissionDenied(self._scrub(msg), operation) from None
             if text.startswith("WRONGPASS") or _needs_auth(text):
                 msg = self._auth_message(text)
                 raise errors.AuthenticationError(self._scrub(msg), operation) from None

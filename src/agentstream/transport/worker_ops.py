@@ -18,6 +18,7 @@ from agentstream.transport.core import (
     StreamCore,
     consumer_idle_ms,
     decode_id,
+    denied_command,
     pairs_to_fields,
     refusal_code,
     send,
@@ -341,6 +342,14 @@ class WorkerOps(StreamCore):
         )
         if not done:
             text = to_text(result)
+            denied = denied_command(text)
+            if denied is not None:  # the ACL refused the XADD
+                command = denied or "xadd"
+                msg = f"Redis at {self.location} denied {command}: {text}"
+                refusal = errors.PermissionDenied(msg, "dead letter", command)
+                if self._pool.observer is not None:
+                    self._pool.observer.failed(refusal)
+                raise refusal
             code = refusal_code(text)
             if code is not None:  # the server refuses writes: OOM, READONLY...
                 msg = (

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import socket
 import uuid
 from collections.abc import Callable, Sequence
 
 import anyio
 import structlog
 
+from agentstream.config import Settings
 from agentstream.errors import PermissionDenied, Refused, TransportError
 from agentstream.transport.worker_ops import WorkerOps
 
-__all__ = ["NameLease", "NamesExhausted"]
+__all__ = ["NameLease", "NamesExhausted", "name_base"]
 
 log = structlog.get_logger("agentstream.names")
 
 LEASE_TTL_S = 30.0
 _MAX_SUFFIX = 100
+
+
+def name_base(settings: Settings, process_index: int) -> str:
+    """The consumer-name base of a worker process: ``{name_prefix or host}-{index}``."""
+    return f"{settings.name_prefix or socket.gethostname()}-{process_index}"
 
 
 class NamesExhausted(Exception):

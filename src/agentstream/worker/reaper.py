@@ -146,6 +146,7 @@ class Reaper:
                 start=start,
             )
             result.scanned += len(page)
+            result.max_idle_ms = max([result.max_idle_ms, *(e.idle_ms for e in page)])
             due: list[PendingEntry] = []
             for entry in page:
                 if entry.delivery_count >= settings.max_deliveries or (

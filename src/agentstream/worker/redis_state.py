@@ -115,12 +115,15 @@ class RedisState:
         self.refusals[exc.reason] = self.refusals.get(exc.reason, 0) + 1
         fresh = now - self.refused_at > REFUSAL_WINDOW_S
         if fresh or self.refusal != str(exc):
-            event = (
-                "redis_permission_denied"
-                if isinstance(exc, PermissionDenied)
-                else "redis_refused"
-            )
-            log.error(event, reason=exc.reason, error=describe_error(exc))
+            if isinstance(exc, PermissionDenied):
+                log.error(
+                    "redis_permission_denied",
+                    reason=exc.reason,
+                    command=exc.command,
+                    error=describe_error(exc),
+                )
+            else:
+                log.error("redis_refused", reason=exc.reason, error=describe_error(exc))
         self.refusal = str(exc)
         self.refusal_reason = exc.reason
         self.refused_at = now

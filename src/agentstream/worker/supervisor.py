@@ -6,7 +6,6 @@ import math
 import os
 import random
 import signal
-import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
@@ -33,12 +32,14 @@ from agentstream.observe.metrics import (
     MetricsServer,
 )
 from agentstream.transport.keys import partition_streams, physical_subscriptions
+from agentstream.transport.permissions import acheck_permissions
 from agentstream.transport.pool import RedisConnectionPool, pool_from_settings
 from agentstream.transport.worker_ops import WorkerOps
 from agentstream.worker.consumer import Consumer, describe_error
 from agentstream.worker.dispatcher import Dispatcher
 from agentstream.worker.monitor import Monitor
-from agentstream.worker.names import NameLease, NamesExhausted
+from agentstream.worker.names import NameLease, NamesExhausted, name_base
+from agentstream.worker.needed_permissions import worker_needs
 from agentstream.worker.partitions import PartitionAssigner
 from agentstream.worker.pause import PauseWatch
 from agentstream.worker.reaper import Reaper
@@ -160,8 +161,7 @@ class Supervisor:
         )
         # When each restarted loop began again; None while it waits to restart.
         self.loop_since: dict[str, float | None] = {}
-        prefix = settings.name_prefix or socket.gethostname()
-        self._name_base = f"{prefix}-{process_index}"
+        self._name_base = name_base(settings, process_index)
 
     @property
     def registry(self) -> CollectorRegistry:
@@ -335,11 +335,17 @@ class Supervisor:
         while not self._stopping.is_set():
             try:
                 transports = [
-                    await WorkerOps.aopen(
-                        sub.stream, consumer_group=sub.group, pool=pool
-                    )
+                    WorkerOps.attach(sub.stream, consumer_group=sub.group, pool=pool)
                     for sub in self.subscriptions
                 ]
+                # Every permission first, so that a missing one stops the start
+                # here, named, rather than one code path later.
+                needs = worker_needs(
+                    self.settings, self.subscriptions, transports, self._name_base
+                )
+                await acheck_permissions(transports[0], needs)
+                for transport in transports:
+                    await transport.aensure_group()
             except (AuthenticationError, PermissionDenied) as exc:
                 raise StartupError(str(exc)) from None
             except TransportError as exc:
