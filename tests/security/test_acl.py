@@ -786,7 +786,7 @@ def _cli_as(
         argv = [a.format(**busy1) for a in CLI_NEEDS[command][0]]
         status = run_admin(["--config", str(path), *argv])
         out, err = capsys.readouterr()
-        return status, out, err
+        return status, out, without_target(err)
 
     return run_cli
 

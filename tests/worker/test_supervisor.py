@@ -225,10 +225,11 @@ class TestReaperSweep:
         newer = producer.publish("t", {"n": 2})
         producer.read_group("dead", count=1)
         await await_for(lambda: _idle_at_least(transport, newer, 300), timeout=5)
-        result = await reaper.sweep()
-        assert result.claimed == 2
-        assert result.max_idle_ms >= 700  # the older one's, not the newer one's
-        assert (await reaper.sweep()).max_idle_ms == 0  # claimed and handled
+        async with reaper.consumer.active():
+            result = await reaper.sweep()
+            assert result.claimed == 2
+            assert result.max_idle_ms >= 700  # the older one's, not the newer one's
+            assert (await reaper.sweep()).max_idle_ms == 0  # claimed and handled
         await pool.aclose()
         producer.delete()
         producer.close()
