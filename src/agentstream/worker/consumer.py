@@ -389,6 +389,11 @@ class Consumer:
                     # go on) until resumed; stop() cancels the wait.
                     await self.flush_acks()
                     await pause.hold(self, [])
+                if self._ready:
+                    # Let the runners start what the last read brought first:
+                    # handlers that return without suspending free their room
+                    # at once, and the next read fetches a full batch.
+                    await anyio.lowlevel.checkpoint()
                 self._waiting_room = True
                 try:
                     reserved = await dispatcher.reserve_read(most, self._ack_interval_s)
