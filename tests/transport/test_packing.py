@@ -23,11 +23,11 @@ async def test_async_commands_round_trip_and_refuse_what_redis_py_refuses(
         got = [await client.get(f"{stream_name}:{i}") for i in range(len(values))]
         assert got == ["é ✓ text".encode(), b"\xff\x00raw", b"7", b"0.25"]
         # A command name with a space is split into its words, as redis-py does.
-        assert await client.execute_command("CONFIG GET", "maxmemory")
+        assert await client.execute_command("CONFIG GET", "maxmemory")  # type: ignore[no-untyped-call]
         for bad in (None, True, [1]):
             with pytest.raises(redis.DataError):
                 await client.set(stream_name, bad)  # type: ignore[arg-type]
-        connection = await client.connection_pool.get_connection()
+        connection = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
         try:
             packed = connection.pack_command("XACK", stream_name, "g", b"1-0", "2-0")
         finally:
