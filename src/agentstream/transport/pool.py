@@ -22,6 +22,8 @@ import redis.cluster
 import redis.retry
 import redis.sentinel
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.connection import HiredisRespSerializer
+from redis.utils import HIREDIS_AVAILABLE
 
 from agentstream.config import RedisSettings, host_port
 from agentstream.errors import TransportError
@@ -57,6 +59,29 @@ DEFAULT_SOCKET_TIMEOUT_S = 30.0
 # timeout is not retried: with a network cut, each retry would wait the whole
 # socket timeout again before anyone noticed.
 _RETRIES = 2
+
+
+def _hiredis_packing(
+    base: type[aioredis.connection.AbstractConnection],
+) -> type[aioredis.connection.AbstractConnection]:
+    """``base`` packing commands with hiredis, as redis-py's sync client does.
+
+    redis-py's async connections pack in Python, one ``bytes.join`` per
+    argument: the worker's pipelined XACK and HDEL of a whole batch of ids cost
+    more there than the read itself. Argument checks are redis-py's sync ones
+    (``HiredisRespSerializer``): str, bytes, int and float; others raise
+    ``redis.DataError``.
+    """
+    if not HIREDIS_AVAILABLE:
+        return base
+    serializer = HiredisRespSerializer()
+
+    class HiredisPacking(base):  # type: ignore[valid-type,misc]
+        def pack_command(self, *args: Any) -> list[bytes]:
+            return serializer.pack(*args)  # type: ignore[no-any-return]
+
+    HiredisPacking.__name__ = HiredisPacking.__qualname__ = f"Hiredis{base.__name__}"
+    return HiredisPacking
 
 
 def _backoff() -> ExponentialWithJitterBackoff:
@@ -327,6 +352,7 @@ class RedisConnectionPool:
             ),
             **self._kwargs,
         )
+        pool.connection_class = _hiredis_packing(pool.connection_class)
         return aioredis.Redis.from_pool(pool)
 
     async def anode_client(self, key: str) -> aioredis.Redis:

@@ -389,6 +389,12 @@ class Consumer:
                     # go on) until resumed; stop() cancels the wait.
                     await self.flush_acks()
                     await pause.hold(self, [])
+                if self._ready and dispatcher.free() < most:
+                    # Short of room for a full batch: let the runners start
+                    # what the last read brought first. Handlers that return
+                    # without suspending free their room at once, and the next
+                    # read fetches a full batch instead of the prefetch's few.
+                    await anyio.lowlevel.checkpoint()
                 self._waiting_room = True
                 try:
                     reserved = await dispatcher.reserve_read(most, self._ack_interval_s)
