@@ -27,6 +27,8 @@ def _cell(value: Any, missing: str = "-") -> str:
 
 
 def _age(stats: dict[str, Any]) -> str:
+    if not stats["pending"]:
+        return "-"
     age = stats["oldest_pending_age_ms"]
     if age is not None:
         return duration(age)
