@@ -26,8 +26,9 @@ def admin() -> NoReturn:
 
 
 def worker() -> NoReturn:
-    """``agentstream-worker``."""
-    _run("agentstream.cli", "run_worker")
+    """``agentstream-worker`` (``worker_main`` exits on time even while sync
+    handler threads still run past the shutdown deadline)."""
+    _run("agentstream.cli", "worker_main")
 
 
 def _run(module: str, function: str) -> NoReturn:

@@ -7,6 +7,7 @@ accepted the connection but never answers (a listening socket nobody serves).
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import subprocess
@@ -52,7 +53,7 @@ def _interrupt(argv: list[str], cwd: Path, delay_s: float) -> tuple[int, str]:
     time.sleep(delay_s)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
-    return proc.returncode, out + err
+    return proc.returncode, out + _without_target(err)
 
 
 # From the first moments (the interpreter and the imports) to the command itself.
@@ -71,6 +72,10 @@ def test_ctrl_c_at_any_moment_exits_130_quietly(
         # before the console script's first line: CPython's start-up, which no
         # code of a package runs in (README: Exit codes). Slow under load.
         pytest.skip("SIGINT during the interpreter's start-up (site)")
+    if "from agentstream._entry import" in output:
+        # The signal landed on the console script's own import line, written
+        # by the installer, before the entry point's first line can run.
+        pytest.skip("SIGINT during the console script's import line")
     # A shell reports a process killed by SIGINT as 130 too.
     assert status in (EXIT_INTERRUPTED, -signal.SIGINT), (status, output)
     assert output == "", output
@@ -97,4 +102,9 @@ def test_ctrl_c_while_waiting_on_redis(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == EXIT_INTERRUPTED, (out, err)
-    assert out + err == "", (out, err)
+    assert out + _without_target(err) == "", (out, err)
+
+
+def _without_target(err: str) -> str:
+    """stderr without the line each command starts with, naming its Redis."""
+    return re.sub(r"\Aredis: \S+( \(user [^)]*\))?\n", "", err)
