@@ -134,7 +134,9 @@ def _denials(admin: redis.Redis, user: str) -> list[dict[str, Any]]:
             )
             for k, v in (entry.items() if isinstance(entry, dict) else _pairs(entry))
         }
-        if fields.get("username") == user:
+        # redis-py sends CLIENT SETINFO on connect and ignores a refusal; Redis
+        # 7.2+ and Valkey log it (README: add +client|setinfo to keep it quiet).
+        if fields.get("username") == user and fields.get("object") != "client|setinfo":
             found.append(fields)
     return found
 
