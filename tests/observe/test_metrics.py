@@ -300,7 +300,8 @@ class TestServedBySupervisor:
                     dead = sample(
                         text, "agentstream_dead_lettered_total", reason="handler"
                     )
-                    return ok == n and dead == n
+                    # At least: under load a lease can lapse and an event run twice.
+                    return ok >= n and dead >= n
 
                 await await_for(all_counted, timeout=60)
                 _, text = await afetch(port, "/metrics")
@@ -318,7 +319,7 @@ class TestServedBySupervisor:
         ]
         assert len(dead) == 1 and 'reason="handler"' in dead[0], dead
         assert len(text) < 50_000, len(text)  # one scrape stays small
-        assert await client.xlen(f"{stream_name}:dlq") == n  # free text kept there
+        assert await client.xlen(f"{stream_name}:dlq") >= n  # free text kept there
         await producer.adelete()
         await producer.aclose()
 
