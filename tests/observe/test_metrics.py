@@ -301,7 +301,7 @@ class TestServedBySupervisor:
                         text, "agentstream_dead_lettered_total", reason="handler"
                     )
                     # At least: under load a lease can lapse and an event run twice.
-                    return ok >= n and dead >= n
+                    return (ok or 0) >= n and (dead or 0) >= n
 
                 await await_for(all_counted, timeout=60)
                 _, text = await afetch(port, "/metrics")
