@@ -15,7 +15,6 @@ from agentstream.transport.core import (
     decode_id,
     denied_command,
     pending_entries,
-    pending_summary,
     to_text,
 )
 
@@ -28,40 +27,6 @@ class AdminOps(StreamCore):
     # -- operator commands (the `agentstream` CLI) -----------------------------
     # They create nothing: no stream, no group. Keys are arguments, so that one
     # transport can also inspect and edit its dead-letter stream.
-
-    async def aexists(self, key: str | None = None) -> bool:
-        """Return whether ``key`` (or this stream) exists."""
-        name = self.stream if key is None else key
-        return bool(await self.acall("exists", lambda: self.raw.exists(name)))
-
-    async def aserver_time_ms(self) -> int:
-        """Return the Redis server's clock (TIME) in Unix milliseconds."""
-        reply: Any = await self.acall("time", self.raw.time)
-        if isinstance(reply, dict):  # a cluster client asked several nodes
-            reply = next(iter(reply.values()))
-        seconds, micros = reply
-        return int(seconds) * 1000 + int(micros) // 1000
-
-    async def apending_summary(self) -> dict[str, Any] | None:
-        """Return the group's XPENDING summary, or None without stream or group.
-
-        Unlike ``apending()`` it never recreates the group. Ids and consumer
-        names are ``str`` (undecodable bytes replaced).
-        """
-        try:
-            raw = await self.acall(
-                "xpending", lambda: self.raw.xpending(self.stream, self.group)
-            )
-        except NoGroup:
-            return None
-        summary = pending_summary(raw)
-        for key in ("min_id", "max_id"):
-            if summary[key] is not None:
-                summary[key] = to_text(summary[key])
-        summary["consumers"] = {
-            to_text(name): n for name, n in summary["consumers"].items()
-        }
-        return summary
 
     async def astream_info(self) -> dict[str, Any] | None:
         """XINFO STREAM of this stream (``entries-added`` on Redis 7+), or None."""
