@@ -30,6 +30,7 @@ from agentstream.exit_codes import (
     EXIT_STARTUP,
     EXIT_USAGE,
 )
+from agentstream.interrupts import until_interrupted
 from agentstream.logging import configure_logging
 from agentstream.transport.keys import physical_subscriptions
 from agentstream.transport.permissions import acheck_permissions
@@ -256,7 +257,7 @@ def check(settings: Settings, app: App) -> int:
             await pool.aclose()
 
     try:
-        anyio.run(ping, backend="asyncio")
+        anyio.run(until_interrupted, ping(), backend="asyncio")
     except (TransportError, ConfigError) as exc:
         print(f"agentstream-worker: redis check failed: {exc}", file=sys.stderr)
         return EXIT_STARTUP

@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 from contextlib import aclosing
-
-import anyio
-import anyio.abc
 
 from agentstream.admin._common import Context, err, field, json_object, one_line, out
 from agentstream.transport.core import RawFields
@@ -43,35 +38,13 @@ async def run_tail(args: argparse.Namespace, ctx: Context) -> int:
     transport = ctx.transport(args.stream)
     # Resolve "$" now, so that nothing published after the line below is missed.
     after = args.start or await transport.alast_generated_id()
-    async with anyio.create_task_group() as tg:
-        await tg.start(_cancel_on_interrupt, tg.cancel_scope)
-        err(f"following {args.stream} after {after} (Ctrl-C to stop)")
-        seen = 0
-        async with aclosing(transport.asubscribe_raw(after)) as events:
-            async for entry_id, fields in events:
-                out(event_line(entry_id, fields))
-                sys.stdout.flush()
-                seen += 1
-                if args.count is not None and seen >= args.count:
-                    break
-        tg.cancel_scope.cancel()
+    err(f"following {args.stream} after {after} (Ctrl-C to stop)")
+    seen = 0
+    async with aclosing(transport.asubscribe_raw(after)) as events:
+        async for entry_id, fields in events:
+            out(event_line(entry_id, fields))
+            sys.stdout.flush()
+            seen += 1
+            if args.count is not None and seen >= args.count:
+                break
     return 0
-
-
-async def _cancel_on_interrupt(
-    scope: anyio.CancelScope, *, task_status: anyio.abc.TaskStatus[None]
-) -> None:
-    """Turn the first Ctrl-C into a cancelled scope.
-
-    asyncio's own handler cancels the main task once; redis-py can swallow that
-    one cancellation (a zero timeout in its connection check), leaving tail
-    running. An anyio scope stays cancelled until it exits.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        task_status.started()  # signals go to the main thread only
-        return
-    with anyio.open_signal_receiver(signal.SIGINT) as signals:
-        task_status.started()
-        async for _ in signals:
-            scope.cancel()
-            return

@@ -34,10 +34,9 @@ from agentstream.exit_codes import (
     EXIT_OK,
     EXIT_USAGE,
 )
+from agentstream.interrupts import until_interrupted
 
 Command = Callable[[argparse.Namespace, Context], Awaitable[int]]
-
-#: Ctrl-C outside ``tail``, as a shell reports SIGINT.
 
 _CONFIG_HELP = "the worker's TOML configuration (environment overrides apply)"
 _URL_HELP = "the Redis to use, instead of redis.url of the configuration"
@@ -166,7 +165,7 @@ class _Parsers:
 
 async def _run(command: Command, args: argparse.Namespace, ctx: Context) -> int:
     try:
-        status = await command(args, ctx)
+        status = await until_interrupted(command(args, ctx))
         # Here, so that a reader gone away (BrokenPipeError) is handled below.
         sys.stdout.flush()
         return status
