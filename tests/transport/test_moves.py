@@ -116,6 +116,21 @@ class TestErrorRecords:
         await ops.aread_batch("c", 1, None, [second])
         assert client.exists(ops.errors_key) == 0
 
+    async def test_acks_drop_only_the_records_named(
+        self, ops: WorkerOps, client: redis.Redis
+    ) -> None:
+        """``forget_ids``: the worker's acks skip HDEL for ids delivered once."""
+        first, second, third = await failed(ops, client, 3)
+        await ops.aack([first, second], forget_ids=[second])
+        assert sorted(client.hkeys(ops.errors_key)) == sorted(
+            [first.encode(), third.encode()]
+        )
+        await ops.aread_batch("c", 1, None, [third], forget_ids=[])
+        assert sorted(client.hkeys(ops.errors_key)) == sorted(
+            [first.encode(), third.encode()]
+        )
+        assert pending_ids(client, ops.stream_name) == []
+
     async def test_lost_entries_drop_the_record(
         self, ops: WorkerOps, client: redis.Redis, stream_name: str
     ) -> None:

@@ -89,6 +89,40 @@ async def test_failures_leave_nothing_behind(
     producer.close()
 
 
+async def test_first_deliveries_send_no_error_record_deletes(
+    fresh_redis: RedisServer, client: redis.Redis
+) -> None:
+    """Acks of events handled on their first delivery carry no HDEL: no error
+    record can exist for them (a failure parks the entry, and its redelivery
+    counts); events delivered again do drop theirs (the test above)."""
+    stream = "first-try"
+    app = App()
+    handled: set[str] = set()
+
+    @app.handler("t")
+    async def ok(event: Event) -> None:
+        handled.add(event.id)
+
+    producer = RedisStreamTransport(stream, redis_url=fresh_redis.url)
+    for n in range(300):
+        producer.publish("t", {"n": n})
+    client.config_resetstat()
+    supervisor = Supervisor(
+        make_settings(fresh_redis.url, stream), app, handle_signals=False
+    )
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(supervisor.run)
+            await await_for(lambda: len(handled) == 300, timeout=45)
+            await await_for(lambda: pending(client, stream) == 0, timeout=10)
+            supervisor.stop()
+    stats: Any = client.info("commandstats")
+    assert stats["cmdstat_xack"]["calls"] >= 1
+    # (The start-up permission probe shows as a rejected call, not a call.)
+    assert stats.get("cmdstat_hdel", {}).get("calls", 0) == 0, stats["cmdstat_hdel"]
+    producer.close()
+
+
 @pytest.fixture(name="broken_dlq")
 def _broken_dlq(client: redis.Redis) -> str:
     """A dead-letter key an old deployment left holding a list."""

@@ -75,7 +75,12 @@ class WorkerOps(StreamCore):
     live in one hash per stream and group, ``errors_key``, field = entry id. A
     record goes away with its entry's acknowledgement: every XACK the worker
     sends (batched acks, dead letters, lost entries) drops the records of the
-    same ids in the same round trip, so the hash holds what is in flight.
+    same ids in the same round trip, so the hash holds what is in flight. The
+    worker's batched acks leave out ids delivered once (``forget_ids``): a
+    failure parks its entry, and the redelivery raises the delivery count, so
+    an entry on its first delivery has no record. A record left behind anyway
+    (a failure whose park did not reach Redis) goes with the reaper's sweep,
+    which drops the records of entries no longer pending.
     """
 
     @property
@@ -92,17 +97,20 @@ class WorkerOps(StreamCore):
         count: int,
         block_ms: int | None,
         ack_ids: Sequence[bytes | str] = (),
+        forget_ids: Sequence[bytes | str] | None = None,
     ) -> list[tuple[bytes, RawFields]]:
         """Read new entries for ``consumer`` as undecoded ``(id, fields)`` pairs.
 
         This is the worker's hot path: one XREADGROUP, no per-entry decoding, and
-        ``ack_ids`` acknowledged in the same round trip (XACK and HDEL of their
-        error records, pipelined before the read). The block is capped below the
-        socket timeout; an empty list means no entry arrived in time.
+        ``ack_ids`` acknowledged in the same round trip (XACK, and HDEL of the
+        error records of ``forget_ids``, all of ``ack_ids`` if None, pipelined
+        before the read). The block is capped below the socket timeout; an
+        empty list means no entry arrived in time.
         """
         block = self.block(block_ms)
         streams: dict[Any, Any] = {self.stream: ">"}
         ackdel = bool(ack_ids) and await self.adeletes_on_ack()
+        forget = ack_ids if forget_ids is None else forget_ids
 
         async def read() -> Any:
             if not ack_ids:
@@ -116,9 +124,11 @@ class WorkerOps(StreamCore):
                     pipe.xack(self.stream, self.group, *ack_ids)
                 # Error records go with their entries; a failure to drop them
                 # (a key of another type) is bookkeeping, and ignored.
-                pipe.hdel(self.errors_key, *ack_ids)
+                if forget:
+                    pipe.hdel(self.errors_key, *forget)
                 pipe.xreadgroup(self.group, consumer, streams, count=count, block=block)
-                acked, _, rows = await pipe.execute(raise_on_error=False)
+                replies = await pipe.execute(raise_on_error=False)
+            acked, rows = replies[0], replies[-1]
             if isinstance(acked, Exception):
                 if not (ackdel and self.feature_lost(acked)):
                     raise acked
@@ -265,8 +275,13 @@ class WorkerOps(StreamCore):
         )
         return [decode_id(i) for i in moved], [decode_id(i) for i in lost]
 
-    async def aack(self, ids: Sequence[str | bytes]) -> int:
-        """Acknowledge ids and drop their error records (HDEL), pipelined.
+    async def aack(
+        self,
+        ids: Sequence[str | bytes],
+        forget_ids: Sequence[str | bytes] | None = None,
+    ) -> int:
+        """Acknowledge ids and drop the error records (HDEL) of ``forget_ids``
+        (all of ``ids`` if None), pipelined.
 
         In ``"processed"`` retention on servers with ``XACKDEL`` (Redis 8.2+) the
         acknowledgement is ``XACKDEL ... ACKED``, which also deletes the entries
@@ -275,6 +290,7 @@ class WorkerOps(StreamCore):
         if not ids:
             return 0
         ackdel = await self.adeletes_on_ack()
+        forget = ids if forget_ids is None else forget_ids
 
         async def run() -> Any:
             async with self.raw.pipeline(transaction=False) as pipe:
@@ -282,7 +298,8 @@ class WorkerOps(StreamCore):
                     send(pipe, ackdel_args(self.stream, self.group, ids))
                 else:
                     pipe.xack(self.stream, self.group, *ids)
-                pipe.hdel(self.errors_key, *ids)
+                if forget:
+                    pipe.hdel(self.errors_key, *forget)
                 return _replies(await pipe.execute(raise_on_error=False))[0]
 
         try:
@@ -290,7 +307,7 @@ class WorkerOps(StreamCore):
         except errors.TransportError as exc:
             if not (ackdel and self.feature_lost(exc)):
                 raise
-            return await self.aack(ids)  # the server lost XACKDEL: plain XACK
+            return await self.aack(ids, forget)  # the server lost XACKDEL: plain XACK
         return acked_count(reply) if ackdel else int(reply)
 
     async def adead_letter(

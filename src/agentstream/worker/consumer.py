@@ -202,6 +202,8 @@ class Consumer:
         self._stale_s = 2 * self._lease_interval_s
         self._jobs: dict[str, Job] = {}
         self._acks: list[bytes | str] = []
+        # The acks whose error records may exist: delivered more than once.
+        self._forget: list[bytes | str] = []
         self._ack_due: anyio.Event | None = None
         self._lane = anyio.Lock()
         self._renewal: anyio.Event | None = None
@@ -402,12 +404,13 @@ class Consumer:
                     self._waiting_room = False
                 self.last_tick = sent_at = _monotonic()
                 acks, self._acks = self._acks, []
+                forget, self._forget = self._forget, []
                 try:
                     if lock is not None:
                         await lock.acquire()
                     try:
                         batch = await transport.aread_batch(
-                            self.name, reserved, block_ms, acks
+                            self.name, reserved, block_ms, acks, forget
                         )
                         dispatcher.end_read(reserved, len(batch))
                         reserved = 0
@@ -417,6 +420,7 @@ class Consumer:
                             lock.release()
                 except BaseException:
                     self._acks[:0] = acks  # unknown whether they went out
+                    self._forget[:0] = forget
                     if reserved:
                         dispatcher.end_read(reserved, 0)
                     raise
@@ -591,7 +595,7 @@ class Consumer:
         fields = job.fields
         if fields is None:
             self.report_lost([job.id])
-            self._ack(job.raw_id)
+            self._ack(job)
             return
         event = job.event
         if type(event) is str:
@@ -609,7 +613,7 @@ class Consumer:
                     job.id, fields, "unhandled", "no handler", job.count
                 )
             else:
-                self._ack(job.raw_id)
+                self._ack(job)
             return
         dispatcher = self._dispatcher
         asked = _monotonic()
@@ -653,7 +657,7 @@ class Consumer:
             started = job.started_at
             type_tally.observe(ended - started, age_s - ended + started)
             type_tally.counts[OK] += 1
-            self._ack(job.raw_id)
+            self._ack(job)
         else:
             await self._conclude(job, outcome, error)
 
@@ -699,7 +703,7 @@ class Consumer:
             )
         if outcome == OK:
             type_tally.counts[OK] += 1
-            self._ack(job.raw_id)
+            self._ack(job)
         elif outcome == RETRY:
             type_tally.counts[RETRY] += 1
             await self._park(job.id)
@@ -717,8 +721,10 @@ class Consumer:
             assert error is not None
             await self._failed(job.id, error, "failed", event)
 
-    def _ack(self, raw_id: bytes | str) -> None:
-        self._acks.append(raw_id)
+    def _ack(self, job: Job) -> None:
+        self._acks.append(job.raw_id)
+        if job.count > 1:
+            self._forget.append(job.raw_id)
         if len(self._acks) == 1 and self._ack_due is not None:
             self._ack_due.set()
 
@@ -811,11 +817,13 @@ class Consumer:
         if not self._acks:
             return
         acks, self._acks = self._acks, []
+        forget, self._forget = self._forget, []
         try:
             async with self._lane:
-                await self.transport.aack(acks)
+                await self.transport.aack(acks, forget)
         except BaseException:
             self._acks[:0] = acks
+            self._forget[:0] = forget
             raise
 
     async def _flush_when_due(self) -> None:
