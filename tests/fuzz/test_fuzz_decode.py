@@ -13,11 +13,17 @@ import math
 from typing import Any
 
 import pytest
-from fuzz_strategies import REASONS, entries, json_objects, json_values
+from fuzz_strategies import REASONS, entries, field_values, json_objects, json_values
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from agentstream.event import Event, decode_event, encode_fields
+from agentstream.event import (
+    Event,
+    _json_object,
+    _strict_object,
+    decode_event,
+    encode_fields,
+)
 
 pytestmark = pytest.mark.fuzz
 
@@ -144,3 +150,31 @@ def test_overflowing_numbers_do_not_become_infinities(number: bytes) -> None:
         assert _finite(result.data), result.data
     else:
         assert result == "data is not valid JSON"
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, with the same types all the way down (1, 1.0 and True differ)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and a == 0.0:
+        return math.copysign(1.0, a) == math.copysign(1.0, b)
+    return bool(a == b)
+
+
+@_SETTINGS
+@given(raw=field_values)
+@example(raw=b'{"a": "\\ud800"}')  # an escaped lone surrogate: msgspec refuses it
+@example(raw=b'{"a": 1}\x0c')  # trailing whitespace only str.isspace() knows
+@example(raw=b'{"a": ' + b"9" * 4300 + b"}")
+@example(raw=b'{"a": ' + b"9" * 4301 + b"}")
+@example(raw=b'{"a": 1' + b"0" * 400 + b".5}")  # overflows a double
+@example(raw=b'{"a": -0.0, "b": 12345678901234567890123, "a": 2}')
+@example(raw=b"\xef\xbb\xbf{}")
+@example(raw=b' {"a": [1, 2.5, null, true]} ')
+def test_the_fast_decoder_agrees_with_the_strict_one(raw: bytes) -> None:
+    """msgspec decodes first; for any bytes the result is the strict decoder's."""
+    assert _same(_json_object(raw, "data"), _strict_object(raw, "data"))
