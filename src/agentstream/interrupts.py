@@ -30,13 +30,20 @@ async def until_interrupted(work: Awaitable[T]) -> T:
 
     Raises:
         KeyboardInterrupt: SIGINT arrived before ``work`` finished.
+        Exception: whatever ``work`` raised, as itself (not in a group).
     """
     result: list[T] = []
     with anyio.CancelScope() as scope:
-        async with anyio.create_task_group() as tg:
-            await tg.start(_cancel_on_interrupt, scope)
-            result.append(await work)
-            tg.cancel_scope.cancel()
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(_cancel_on_interrupt, scope)
+                result.append(await work)
+                tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # What ``work`` raised, as itself (the watcher raises nothing).
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from group.exceptions[0].__cause__
+            raise
     if not result:
         raise KeyboardInterrupt
     return result[0]
