@@ -87,6 +87,40 @@ class TestSupervisor:
         producer.delete()
         producer.close()
 
+    async def test_event_age_counts_from_the_entry_id(
+        self, redis_url: str, stream_name: str, client: aioredis.Redis
+    ) -> None:
+        """An event published 40 s ago (its id's time) is 40 s old when handled."""
+        app = App()
+        seen: list[str] = []
+
+        @app.handler("old")
+        @app.handler("new")
+        async def handle(event: Event) -> None:
+            seen.append(event.type)
+
+        (server_s, _) = await client.time()
+        old_id = f"{(server_s - 40) * 1000}-0"
+        await client.xadd(stream_name, {"type": "old", "data": "{}"}, id=old_id)
+        await client.xadd(stream_name, {"type": "new", "data": "{}"})
+        supervisor = Supervisor(
+            make_settings(redis_url, stream_name, consumers=1),
+            app,
+            handle_signals=False,
+        )
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(supervisor.run)
+                await await_for(lambda: len(seen) == 2, timeout=10)
+                ages = {
+                    event_type: counts.age_sum
+                    for consumer in supervisor.consumers  # and the reaper's
+                    for event_type, counts in consumer.tally.types.items()
+                }
+                supervisor.stop()
+        assert 38 < ages["old"] < 45, ages
+        assert 0 <= ages["new"] < 3, ages
+
     async def test_reaper_claims_what_a_dead_consumer_left(
         self, redis_url: str, stream_name: str, client: aioredis.Redis
     ) -> None:

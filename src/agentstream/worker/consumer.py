@@ -215,6 +215,9 @@ class Consumer:
         self._read_scope: anyio.CancelScope | None = None
         self._waiting_room = False
         self._last_renew = 0.0
+        # time.time() - time.monotonic(), as of the last dispatch: event ages
+        # from monotonic readings (one wall-clock reading per batch).
+        self._wall_offset_s = _time() - _monotonic()
         self._stopping = False
         #: Counts runs: a job fetched by an earlier run is never started by a
         #: later one (that run parked it on the retry consumer).
@@ -473,6 +476,7 @@ class Consumer:
     ) -> list[Job]:
         """Start a task per entry (already counted as outstanding)."""
         assert self._tg is not None, "dispatch() outside active()"
+        self._wall_offset_s = _time() - _monotonic()
         admit = self._dispatcher.admit
         jobs = self._jobs
         started = []
@@ -651,11 +655,9 @@ class Consumer:
         finally:
             dispatcher.release_slot()
         if outcome == OK and not job.timed_out:
-            ended = _monotonic()
-            type_tally = self.tally.of(event.type)
-            age_s = _time() - int(job.id[: job.id.find("-")]) / 1000
             started = job.started_at
-            type_tally.observe(ended - started, age_s - ended + started)
+            type_tally = self.tally.of(event.type)
+            type_tally.observe(_monotonic() - started, self._age_at(job.id, started))
             type_tally.counts[OK] += 1
             self._ack(job)
         else:
@@ -690,9 +692,9 @@ class Consumer:
         # meanwhile, and counts added to the old one would be lost.
         type_tally = self.tally.of(event.type)
         if job.started_at:
-            # The entry id's first part is the publish time in ms.
-            age_s = _time() - int(job.id[: job.id.find("-")]) / 1000
-            type_tally.observe(ended - job.started_at, age_s - ended + job.started_at)
+            type_tally.observe(
+                ended - job.started_at, self._age_at(job.id, job.started_at)
+            )
         if job.is_sync and job.timed_out:
             log.warning(
                 "handler_returned_late",
@@ -720,6 +722,11 @@ class Consumer:
         else:
             assert error is not None
             await self._failed(job.id, error, "failed", event)
+
+    def _age_at(self, entry_id: str, at: float) -> float:
+        """Seconds between the entry's publication and ``at`` (monotonic)."""
+        # The id's first part is the publish time in ms (Redis' clock).
+        return at + self._wall_offset_s - int(entry_id.partition("-")[0]) / 1000
 
     def _ack(self, job: Job) -> None:
         self._acks.append(job.raw_id)
