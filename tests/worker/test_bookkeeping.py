@@ -11,7 +11,7 @@ import anyio
 import pytest
 import redis
 from structlog.testing import capture_logs
-from test_supervisor import make_settings
+from test_supervisor import make_settings, running
 
 from agentstream import App, DeadLetter, Event, RedisStreamTransport
 from agentstream.transport.core import to_text
@@ -72,12 +72,9 @@ async def test_failures_leave_nothing_behind(
         seen_keys.update(client.keys())
         return len(attempts) == 300 and min(attempts.values()) == 2
 
-    with anyio.fail_after(60):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(supervisor.run)
-            await await_for(keys_while_running, timeout=45)
-            await await_for(lambda: pending(client, stream) == 0, timeout=10)
-            supervisor.stop()
+    async with running(supervisor, 60):
+        await await_for(keys_while_running, timeout=45)
+        await await_for(lambda: pending(client, stream) == 0, timeout=10)
     # The bookkeeping did exist while the worker ran...
     assert b"bookkeeping:owner:agents:t-0" in seen_keys
     assert [k for k in seen_keys if b"error" in k], "no error record seen"
@@ -110,12 +107,9 @@ async def test_first_deliveries_send_no_error_record_deletes(
     supervisor = Supervisor(
         make_settings(fresh_redis.url, stream), app, handle_signals=False
     )
-    with anyio.fail_after(60):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(supervisor.run)
-            await await_for(lambda: len(handled) == 300, timeout=45)
-            await await_for(lambda: pending(client, stream) == 0, timeout=10)
-            supervisor.stop()
+    async with running(supervisor, 60):
+        await await_for(lambda: len(handled) == 300, timeout=45)
+        await await_for(lambda: pending(client, stream) == 0, timeout=10)
     stats: Any = client.info("commandstats")
     assert stats["cmdstat_xack"]["calls"] >= 1
     # (The start-up permission probe shows as a rejected call, not a call.)

@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import anyio
 import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
-from test_supervisor import make_settings
+from test_supervisor import make_settings, running
 
 from agentstream import App, Event, RedisStreamTransport
 from agentstream.transport import keys
@@ -64,32 +63,29 @@ class TestPause:
         key = keys.pause_key(stream_name, "agents")
         labels = {"stream": stream_name, "group": "agents"}
         gauge = "agentstream_subscription_paused"
-        with anyio.fail_after(30):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(supervisor.run)
-                await supervisor.started.wait()
-                producer.publish("t", {"n": 0})
-                await await_for(lambda: seen == [0], timeout=10)
-                watch = supervisor.pause
-                assert watch is not None
-                assert registry.get_sample_value(gauge, labels) == 0
+        async with running(supervisor, 30):
+            await supervisor.started.wait()
+            producer.publish("t", {"n": 0})
+            await await_for(lambda: seen == [0], timeout=10)
+            watch = supervisor.pause
+            assert watch is not None
+            assert registry.get_sample_value(gauge, labels) == 0
 
-                await client.set(key, '{"by": "test"}')
-                await await_for(lambda: watch.paused(stream_name, "agents"), 5)
-                # A read that began before the pause ends within the read cap
-                # (700 ms, below block_ms=2000); then both consumers wait.
-                await await_for(lambda: watch.holding == 2, timeout=5)
-                for n in range(1, 6):
-                    producer.publish("t", {"n": n})
-                await _polls_after(watch, 10)
-                assert seen == [0]
-                assert await _lag(client, stream_name) == 5
-                assert registry.get_sample_value(gauge, labels) == 1
+            await client.set(key, '{"by": "test"}')
+            await await_for(lambda: watch.paused(stream_name, "agents"), 5)
+            # A read that began before the pause ends within the read cap
+            # (700 ms, below block_ms=2000); then both consumers wait.
+            await await_for(lambda: watch.holding == 2, timeout=5)
+            for n in range(1, 6):
+                producer.publish("t", {"n": n})
+            await _polls_after(watch, 10)
+            assert seen == [0]
+            assert await _lag(client, stream_name) == 5
+            assert registry.get_sample_value(gauge, labels) == 1
 
-                await client.delete(key)
-                await await_for(lambda: sorted(seen) == list(range(6)), timeout=10)
-                assert registry.get_sample_value(gauge, labels) == 0
-                supervisor.stop()
+            await client.delete(key)
+            await await_for(lambda: sorted(seen) == list(range(6)), timeout=10)
+            assert registry.get_sample_value(gauge, labels) == 0
         producer.delete()
         producer.close()
 
@@ -110,14 +106,11 @@ class TestPause:
         supervisor = Supervisor(
             make_settings(redis_url, stream_name), app, handle_signals=False
         )
-        with anyio.fail_after(20):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(supervisor.run)
-                await supervisor.started.wait()
-                watch = supervisor.pause
-                assert watch is not None
-                await _polls_after(watch, 5)
-                supervisor.stop()
+        async with running(supervisor, 20):
+            await supervisor.started.wait()
+            watch = supervisor.pause
+            assert watch is not None
+            await _polls_after(watch, 5)
         assert seen == []
         assert await _lag(client, stream_name) == 1
         producer.delete()
@@ -144,17 +137,14 @@ class TestPause:
         supervisor = Supervisor(
             make_settings(redis_url, stream_name), app, handle_signals=False
         )
-        with anyio.fail_after(20):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(supervisor.run)
-                await supervisor.started.wait()
-                watch = supervisor.pause
-                assert watch is not None
-                await _polls_after(watch, 10)
-                assert seen == []
-                await client.delete(keys.pause_key(stream_name, "agents"))
-                await await_for(lambda: seen == [entry_id], timeout=10)
-                supervisor.stop()
+        async with running(supervisor, 20):
+            await supervisor.started.wait()
+            watch = supervisor.pause
+            assert watch is not None
+            await _polls_after(watch, 10)
+            assert seen == []
+            await client.delete(keys.pause_key(stream_name, "agents"))
+            await await_for(lambda: seen == [entry_id], timeout=10)
         producer.delete()
         producer.close()
 

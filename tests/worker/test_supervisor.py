@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -45,6 +46,16 @@ def make_settings(redis_url: str, stream: str, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
+@asynccontextmanager
+async def running(supervisor: Supervisor, timeout_s: float = 20) -> AsyncIterator[None]:
+    """Run ``supervisor`` for the block, then stop it; all within ``timeout_s``."""
+    with anyio.fail_after(timeout_s):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(supervisor.run)
+            yield
+            supervisor.stop()
+
+
 @pytest.fixture(name="client")
 async def _client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
@@ -75,12 +86,9 @@ class TestSupervisor:
         supervisor = Supervisor(
             make_settings(redis_url, stream_name), app, handle_signals=False
         )
-        with anyio.fail_after(20):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(supervisor.run)
-                await await_for(lambda: len(seen) == 500, timeout=10)
-                await await_for(lambda: _zero_pending(client, stream_name), timeout=10)
-                supervisor.stop()
+        async with running(supervisor, 20):
+            await await_for(lambda: len(seen) == 500, timeout=10)
+            await await_for(lambda: _zero_pending(client, stream_name), timeout=10)
         assert set(seen.values()) == {1}
         consumers: Any = await client.xinfo_consumers(stream_name, "agents")
         assert consumers == []
@@ -108,16 +116,13 @@ class TestSupervisor:
             app,
             handle_signals=False,
         )
-        with anyio.fail_after(20):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(supervisor.run)
-                await await_for(lambda: len(seen) == 2, timeout=10)
-                ages = {
-                    event_type: counts.age_sum
-                    for consumer in supervisor.consumers  # and the reaper's
-                    for event_type, counts in consumer.tally.types.items()
-                }
-                supervisor.stop()
+        async with running(supervisor, 20):
+            await await_for(lambda: len(seen) == 2, timeout=10)
+            ages = {
+                event_type: counts.age_sum
+                for consumer in supervisor.consumers  # and the reaper's
+                for event_type, counts in consumer.tally.types.items()
+            }
         assert 38 < ages["old"] < 45, ages
         assert 0 <= ages["new"] < 3, ages
 
@@ -138,12 +143,9 @@ class TestSupervisor:
         supervisor = Supervisor(
             make_settings(redis_url, stream_name), app, handle_signals=False
         )
-        with anyio.fail_after(20):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(supervisor.run)
-                await await_for(lambda: deliveries != [], timeout=10)
-                await await_for(lambda: _zero_pending(client, stream_name), timeout=10)
-                supervisor.stop()
+        async with running(supervisor, 20):
+            await await_for(lambda: deliveries != [], timeout=10)
+            await await_for(lambda: _zero_pending(client, stream_name), timeout=10)
         assert deliveries == [(entry_id, 2, "t-0-reaper")]
         producer.delete()
         producer.close()
@@ -208,11 +210,8 @@ class TestSupervisor:
             redis_url, stream_name, consumers=1, handler_timeout_s=0.3
         )
         supervisor = Supervisor(settings, app, handle_signals=False)
-        with anyio.fail_after(20):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(supervisor.run)
-                await await_for(lambda: len(handled) == 2, timeout=10)
-                supervisor.stop()
+        async with running(supervisor, 20):
+            await await_for(lambda: len(handled) == 2, timeout=10)
         assert handled == ["ok", "hang"]
         producer.delete()
         producer.close()
@@ -288,23 +287,20 @@ class TestReaperSweep:
             app,
             handle_signals=False,
         )
-        with anyio.fail_after(20):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(supervisor.run)
-                await await_for(lambda: attempts == [1], timeout=10)
-                await await_for(
-                    lambda: _pending_of(producer, RETRY_CONSUMER) != [], timeout=5
-                )
-                [parked] = _pending_of(producer, RETRY_CONSUMER)
-                assert parked.id == entry_id
-                errors_key = f"{stream_name}:errors:agents"
-                error: Any = await client.hget(errors_key, entry_id)
-                assert error.startswith("RuntimeError: first time")
-                await await_for(lambda: attempts == [1, 2], timeout=10)
-                await await_for(lambda: _zero_pending(client, stream_name), timeout=5)
-                # Handled at last: its error record went with the acknowledgement.
-                assert await client.exists(errors_key) == 0
-                supervisor.stop()
+        async with running(supervisor, 20):
+            await await_for(lambda: attempts == [1], timeout=10)
+            await await_for(
+                lambda: _pending_of(producer, RETRY_CONSUMER) != [], timeout=5
+            )
+            [parked] = _pending_of(producer, RETRY_CONSUMER)
+            assert parked.id == entry_id
+            errors_key = f"{stream_name}:errors:agents"
+            error: Any = await client.hget(errors_key, entry_id)
+            assert error.startswith("RuntimeError: first time")
+            await await_for(lambda: attempts == [1, 2], timeout=10)
+            await await_for(lambda: _zero_pending(client, stream_name), timeout=5)
+            # Handled at last: its error record went with the acknowledgement.
+            assert await client.exists(errors_key) == 0
         producer.delete()
         producer.close()
 
@@ -363,11 +359,8 @@ class TestSubscriptions:
             producer.publish("t", {})
             producer.close()
         supervisor = Supervisor(settings, app, handle_signals=False)
-        with anyio.fail_after(20):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(supervisor.run)
-                await await_for(lambda: len(seen) == 2, timeout=10)
-                supervisor.stop()
+        async with running(supervisor, 20):
+            await await_for(lambda: len(seen) == 2, timeout=10)
         assert sorted(seen) == [("first", stream_name), ("second", other)]
         await client.delete(stream_name, other)
 
@@ -400,12 +393,9 @@ class TestUnhandledTypes:
         supervisor = Supervisor(
             make_settings(redis_url, stream_name), app, handle_signals=False
         )
-        with anyio.fail_after(20):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(supervisor.run)
-                await await_for(lambda: _zero_pending(client, stream_name), timeout=10)
-                await await_for(lambda: len(capture.calls) >= 2, timeout=10)
-                supervisor.stop()
+        async with running(supervisor, 20):
+            await await_for(lambda: _zero_pending(client, stream_name), timeout=10)
+            await await_for(lambda: len(capture.calls) >= 2, timeout=10)
         warned = [(c.method_name, c.kwargs["type"]) for c in capture.calls]
         assert sorted(warned) == [("warning", "handoff"), ("warning", "tool_call")]
         assert capture.calls[0].kwargs["event"] == "event_type_unhandled"
