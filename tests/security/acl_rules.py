@@ -21,8 +21,12 @@ ordered subscriptions, ``<stream>:lease:*``, ``<stream>:fence:*`` and
   SCRIPT EXISTS; inside it XADD and XDEL) and ``dlq purge`` (XDEL).
 
 Each rule is needed: test_acl.py removes each in turn and finds the command it
-grants named by ``--check`` (the worker) or by the refusal (the CLI), and runs
-the worker through every path with ``ACL LOG`` staying empty.
+grants named by ``--check`` (the worker) or by the refusal of an
+``agentstream`` command (its CLI_NEEDS: each command but ``web``, with the
+rules it needs), and runs the worker through every path with ``ACL LOG``
+staying empty. Of the operators' rules, no command needs ``+xrevrange`` (the
+web console's), and ``stats`` runs without ``+info`` (the policy is then
+unknown).
 
 Not granted, on purpose: EVAL and its siblings (redis-py runs scripts with
 EVALSHA and loads them with SCRIPT LOAD on NOSCRIPT), MULTI (no transaction is

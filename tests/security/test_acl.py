@@ -55,6 +55,7 @@ import agentstream.cli
 from agentstream.admin import run_admin
 from agentstream.cli import run_worker
 from agentstream.testing import RedisServer
+from agentstream.transport.keys import errors_key, lease_key, pause_key
 from agentstream.worker.consumer import RETRY_CONSUMER
 
 pytestmark = [pytest.mark.security, pytest.mark.redis]
@@ -706,14 +707,18 @@ def test_setuser_lines_are_accepted_by_redis(admin: redis.Redis) -> None:
         _acl(admin, "DELUSER", f"{user}-doc")
 
 
-#: Every ``agentstream`` command, and the rules of OPERATOR_COMMANDS it needs
-#: (found by removing each: the others are not used by it). Database 1, so
-#: that SELECT is needed; scripts flushed first, so that SCRIPT LOAD is.
+#: Every ``agentstream`` command but ``web``, and the rules of
+#: OPERATOR_COMMANDS it needs (found by removing each: the others are not used
+#: by it). Database 1, so that SELECT is needed; scripts flushed first, so that
+#: SCRIPT LOAD is; the data is busy1's. No command needs +xrevrange (the web
+#: console's: newest dead letters first, its tail page) and none +info
+#: (optional for stats: test_stats_without_info_runs).
 CLI_NEEDS: dict[str, tuple[list[str], set[str]]] = {
+    # GET: the pause state
     "stats": (
         ["stats", "--json"],
         {
-            "select", "time", "exists", "xlen", "xpending", "xinfo|stream",
+            "select", "time", "exists", "get", "xlen", "xpending", "xinfo|stream",
             "xinfo|groups", "xinfo|consumers", "xrange", "evalsha_ro", "script|load",
         },
     ),
@@ -729,42 +734,113 @@ CLI_NEEDS: dict[str, tuple[list[str], set[str]]] = {
         },
     ),
     "purge": (["dlq", "purge", "--yes"], {"select", "xrange", "xdel"}),
+    # XINFO GROUPS first: a missing group is listed as empty
+    "pending-list": (["pending", "list"], {"select", "xinfo|groups", "xpending"}),
+    # the entry's fields (XRANGE) and last error (HMGET)
+    "pending-show": (
+        ["pending", "show", "{first}"], {"select", "xpending", "xrange", "hmget"},
+    ),
+    "pending-claim": (["pending", "claim", "{first}"], {"select", "xclaim"}),
+    "pending-ack": (["pending", "ack", "{first}", "--yes"], {"select", "xack"}),
+    # PTTL only for consumers named like a worker's (worker-1: lease "worker")
+    "consumers-list": (
+        ["consumers", "list", "--json"],
+        {"select", "xinfo|groups", "xinfo|consumers", "pttl"},
+    ),
+    # XINFO CONSUMERS at top level, then again in the Lua script that removes;
+    # XGROUP DELCONSUMER only for a consumer that owns nothing (one that owns
+    # entries is refused before the script)
+    "consumers-remove": (
+        ["consumers", "remove", "idle-0-0"],
+        {"select", "xinfo|consumers", "evalsha", "script|load", "xgroup|delconsumer"},
+    ),
+    # SCAN for the name leases; PTTL only when it finds one
+    "workers": (["workers", "--json"], {"select", "scan", "pttl", "xinfo|consumers"}),
+    "group-reset": (
+        ["group", "reset", "$", "--yes"], {"select", "xinfo|groups", "xgroup|setid"},
+    ),
+    # pause refuses a missing group (XINFO GROUPS); resume checks nothing
+    "pause": (["pause"], {"select", "xinfo|groups", "set"}),
+    "resume": (["resume", "--group", "standby"], {"select", "del"}),
 }  # fmt: skip
-_READING = ("stats", "dlq-list", "dlq-show", "tail")
+_READING = (
+    "stats", "dlq-list", "dlq-show", "tail",
+    "pending-list", "pending-show", "consumers-list", "workers",
+)  # fmt: skip
+#: Documented rules no command needs (see CLI_NEEDS).
+_NOT_BY_THE_CLI = {"info", "xrevrange"}
+
+#: What a command changes in _state(): its keys, set to their values after it,
+#: from busy1's ids. The other commands change nothing.
+EFFECTS: dict[str, Callable[[dict[str, str]], dict[str, Any]]] = {
+    "publish": lambda _: {"length": 3},
+    "replay": lambda _: {"length": 3, "dead_letters": 0},
+    "purge": lambda _: {"dead_letters": 0},
+    "pending-claim": lambda ids: {
+        "pending": [(ids["first"], RETRY_CONSUMER)],
+        "consumers": sorted([RETRY_CONSUMER, "idle-0-0", "worker-1"]),
+    },
+    "pending-ack": lambda _: {"pending": []},
+    "consumers-remove": lambda _: {"consumers": ["worker-1"]},
+    "group-reset": lambda ids: {"last_delivered": ids["second"]},
+    "pause": lambda _: {"paused": ["agents", "standby"]},
+    "resume": lambda _: {"paused": []},
+}
+
+#: What a command prints of busy1's data, from busy1's ids: proof that each
+#: branch that needs a rule ran (the last error, the leases' PTTL).
+SHOWS: dict[str, str] = {
+    "pending-list": "{first}  worker-1",
+    "pending-show": "last error      KeyError: 'city'",
+    "consumers-list": '"worker": "worker", "stale": false',
+    "workers": '"name": "worker", "lease_ms_left": ',
+}
 
 
 def test_the_rules_are_what_the_commands_need() -> None:
-    """The operator's rules cover what these commands need, the read-only user's
-    what the reading ones need (the operator commands of TestOperatorUser need
-    more: the pause state, name leases, last errors, group changes)."""
+    """The operator's rules are what the commands need, the read-only user's
+    what the reading ones need, each but _NOT_BY_THE_CLI."""
     needed = set().union(*(needs for _, needs in CLI_NEEDS.values()))
-    assert needed <= {rule.removeprefix("+") for rule in OPERATOR_COMMANDS}
+    assert needed == {r.removeprefix("+") for r in OPERATOR_COMMANDS} - _NOT_BY_THE_CLI
     reading = set().union(*(CLI_NEEDS[name][1] for name in _READING))
-    assert reading <= {rule.removeprefix("+") for rule in READONLY_COMMANDS}
+    assert reading == {r.removeprefix("+") for r in READONLY_COMMANDS} - _NOT_BY_THE_CLI
 
 
 @pytest.fixture(name="busy1")
 def _busy1(server: RedisServer, admin: redis.Redis, stream: str) -> dict[str, str]:
-    """In database 1: a group with a pending entry, an unread one, a dead letter."""
+    """In database 1: group ``agents`` with an entry pending for ``worker-1``
+    (its last error recorded, its worker's name lease held), an unread entry, a
+    consumer ``idle-0-0`` that owns nothing, and a dead letter; a paused group
+    ``standby``."""
     admin.script_flush()
     with _db1(server) as db1:
         db1.xgroup_create(stream, "agents", "0", mkstream=True)
-        first = db1.xadd(stream, {"type": "token", "data": '{"token": "a"}'})
+        first = db1.xadd(stream, {"type": "token", "data": '{"token": "a"}'}).decode()
         db1.xreadgroup("agents", "worker-1", {stream: ">"}, count=1)
-        db1.xadd(stream, {"type": "token", "data": '{"token": "b"}'})
+        second = db1.xadd(stream, {"type": "token", "data": '{"token": "b"}'})
+        db1.xgroup_createconsumer(stream, "agents", "idle-0-0")
+        db1.hset(errors_key(stream, "agents"), first, "KeyError: 'city'")
+        db1.set(lease_key(stream, "agents", "worker"), "token", px=60_000)
+        db1.xgroup_create(stream, "standby", "$")
+        db1.set(pause_key(stream, "standby"), '{"by": "ops", "at": 0}')
         dlq_id = db1.xadd(
             f"{stream}:dlq",
             {
                 "type": "token",
                 "data": '{"token": "a"}',
                 "dlq_stream": stream,
-                "dlq_id": first.decode(),
+                "dlq_id": first,
                 "dlq_reason": "max_deliveries",
                 "dlq_error": "KeyError: 'city'",
                 "dlq_delivery_count": "5",
             },
         )
-    return {"dlq": dlq_id.decode(), "stream": stream}
+    return {
+        "dlq": dlq_id.decode(),
+        "stream": stream,
+        "first": first,
+        "second": second.decode(),
+    }
 
 
 @pytest.fixture(name="cli_as")
@@ -793,9 +869,23 @@ def _cli_as(
     return run_cli
 
 
-def _lengths(server: RedisServer, stream: str) -> tuple[int, int]:
+def _state(server: RedisServer, stream: str) -> dict[str, Any]:
+    """What the commands may change in database 1: the lengths of the stream
+    and its dead letters, group ``agents``'s pending entries (with owners),
+    consumers and last-delivered id, and which groups are paused."""
     with _db1(server) as db1:
-        return db1.xlen(stream), db1.xlen(f"{stream}:dlq")
+        groups = {g["name"].decode(): g for g in db1.xinfo_groups(stream)}
+        pending = db1.xpending_range(stream, "agents", "-", "+", 10)
+        return {
+            "length": db1.xlen(stream),
+            "dead_letters": db1.xlen(f"{stream}:dlq"),
+            "pending": [(p["message_id"].decode(), p["consumer"].decode())
+                        for p in pending],
+            "consumers": sorted(c["name"].decode()
+                                for c in db1.xinfo_consumers(stream, "agents")),
+            "last_delivered": groups["agents"]["last-delivered-id"].decode(),
+            "paused": [g for g in sorted(groups) if db1.exists(pause_key(stream, g))],
+        }  # fmt: skip
 
 
 class TestEveryCommand:
@@ -805,19 +895,18 @@ class TestEveryCommand:
         admin: redis.Redis,
         server: RedisServer,
         stream: str,
+        busy1: dict[str, str],
         cli_as: Callable[[str, str], tuple[int, str, str]],
         command: str,
     ) -> None:
-        """Each command as the operator user: it works, and ACL LOG stays empty."""
+        """Each command as the operator user: it works, does what it says, and ACL LOG stays empty."""
+        before = _state(server, stream)
         status, out, err = cli_as(OPERATOR_USER, command)
         assert status == EXIT_OK, err
         assert "denied" not in out + err
-        after = {
-            "publish": (3, 1),
-            "replay": (3, 0),
-            "purge": (2, 0),
-        }.get(command, (2, 1))
-        assert _lengths(server, stream) == after
+        assert SHOWS.get(command, "").format(**busy1) in out, out
+        change = EFFECTS[command](busy1) if command in EFFECTS else {}
+        assert _state(server, stream) == before | change
         assert _denials(admin, OPERATOR_USER) == []
 
     @pytest.mark.parametrize(
@@ -841,17 +930,34 @@ class TestEveryCommand:
         user = f"operator-without-{without.replace('|', '-')}-{next(_users)}"
         rules = [r for r in OPERATOR_RULES if r != f"+{without}"]
         _acl(admin, "SETUSER", user, *rules, f">{OPERATOR_PASSWORD}")
-        before = _lengths(server, stream)
-        status, _, err = cli_as(user, command)
+        before = _state(server, stream)
+        status, out, err = cli_as(user, command)
         assert status == EXIT_FAILED, err
+        assert out == ""
         lines = [line for line in err.splitlines() if not line.startswith("following")]
         assert len(lines) == 1 and "Traceback" not in err, err
         assert lines[0].startswith("agentstream: Redis at 127.0.0.1:"), err
         # refused by Redis, or found missing by replay's check beforehand
         assert f" denied {without}:" in lines[0] or f"'{without}' on " in lines[0]
         assert f"no permissions to run the '{without}' command" in lines[0], err
-        assert _lengths(server, stream) == before  # replay: not in both streams
+        # Redis's words, also from a pipeline (PTTL, replay's EVALSHA)
+        assert "pipeline" not in lines[0], err
+        assert _state(server, stream) == before  # replay: not in both streams
         assert {d["object"] for d in _denials(admin, user)} == {without}
+
+    def test_stats_without_info_runs(
+        self,
+        admin: redis.Redis,
+        cli_as: Callable[[str, str], tuple[int, str, str]],
+    ) -> None:
+        """stats as a user without +info: it runs, and says maxmemory-policy is unknown."""
+        user = f"operator-without-info-{next(_users)}"
+        rules = [r for r in OPERATOR_RULES if r != "+info"]
+        _acl(admin, "SETUSER", user, *rules, f">{OPERATOR_PASSWORD}")
+        status, out, err = cli_as(user, "stats")
+        assert status == EXIT_OK, err
+        assert '"maxmemory_policy": null' in out, out
+        assert {d["object"] for d in _denials(admin, user)} == {"info"}
 
 
 def test_the_readme_gives_these_rules() -> None:

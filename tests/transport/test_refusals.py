@@ -10,7 +10,11 @@ import pytest
 import redis
 
 from agentstream import RedisConnectionPool, errors
-from agentstream.transport.core import refusal_code, scrub_command_args
+from agentstream.transport.core import (
+    pipeline_reply,
+    refusal_code,
+    scrub_command_args,
+)
 from agentstream.transport.worker_ops import WorkerOps
 from redis_server import RedisServer
 
@@ -113,3 +117,21 @@ def test_refusal_codes(text: str, code: str | None) -> None:
 def test_pipeline_errors_lose_their_arguments() -> None:
     text = f"Command # 1 (XADD dlq * data {SECRET} (nested) x) of pipeline caused error: OOM"
     assert scrub_command_args(text) == "Command # 1 of pipeline caused error: OOM"
+
+
+_DENIED = "this user has no permissions to run the 'pttl' command"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # redis-py's asyncio pipeline (the reply as a tuple), its sync one, none
+        f"Command # 1 of pipeline caused error: {(_DENIED,)}",
+        f"Command # 2 of pipeline caused error: {_DENIED}",
+        _DENIED,
+    ],
+    ids=["asyncio", "sync", "no-pipeline"],
+)
+def test_pipeline_errors_give_the_reply(text: str) -> None:
+    """An ACL refusal from a pipeline is reported in Redis's words."""
+    assert pipeline_reply(text) == _DENIED

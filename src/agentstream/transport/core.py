@@ -3,6 +3,7 @@ groups, and the few commands the seed API, the worker and the operator share."""
 
 from __future__ import annotations
 
+import ast
 import re
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
@@ -110,6 +111,26 @@ _REFUSAL_RE = re.compile(
 def scrub_command_args(text: str) -> str:
     """``text`` without the command arguments redis-py copies into pipeline errors."""
     return _PIPELINE_ARGS_RE.sub(r"Command # \1 of pipeline", text)
+
+
+# A pipeline error once scrubbed: "Command # 1 of pipeline caused error: " and
+# Redis's reply, as a tuple from redis-py's asyncio client ("('reply',)").
+_PIPELINE_REPLY_RE = re.compile(
+    r"Command # \d+ of pipeline caused error: (.*)", re.DOTALL
+)
+
+
+def pipeline_reply(text: str) -> str:
+    """Redis's own reply in a scrubbed pipeline error; ``text`` if it is none."""
+    match = _PIPELINE_REPLY_RE.fullmatch(text)
+    if match is None:
+        return text
+    reply = match.group(1)
+    with suppress(ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        value = ast.literal_eval(reply)
+        if isinstance(value, tuple) and value and isinstance(value[0], str):
+            return value[0]
+    return reply
 
 
 def refusal_code(text: str, exc: Exception | None = None) -> str | None:
@@ -296,7 +317,9 @@ class StreamCore:
             denied = denied_command(text, exc)
             if denied is not None:
                 command = denied or operation
-                msg = f"Redis at {self._where} denied {command}: {text}"
+                # In Redis's words, also from a pipeline (the command is named)
+                reply = pipeline_reply(text)
+                msg = f"Redis at {self._where} denied {command}: {reply}"
                 raise errors.PermissionDenied(msg, operation, command) from None
             code = refusal_code(text, exc)
             if code is not None:
