@@ -149,7 +149,7 @@ _METADATA = b"metadata"
 def _json_object(raw: bytes, name: str) -> dict[str, Any] | str:
     try:
         value: Any = _fast_decode(raw)
-    except (msgspec.MsgspecError, RecursionError):
+    except (msgspec.MsgspecError, ValueError, RecursionError):
         pass  # the strict decoder below decides
     else:
         return value if type(value) is dict else f"{name} is not a JSON object"
