@@ -296,12 +296,14 @@ class TestServedBySupervisor:
 
                 async def all_counted() -> bool:
                     _, text = await afetch(port, "/metrics")
-                    ok = sample(text, "agentstream_events_total", outcome="ok")
+                    events = "agentstream_events_total"
+                    others = sample(text, events, type="other", outcome="ok")
+                    known = sample(text, events, type="known", outcome="ok")
                     dead = sample(
                         text, "agentstream_dead_lettered_total", reason="handler"
                     )
                     # At least: under load a lease can lapse and an event run twice.
-                    return (ok or 0) >= n and (dead or 0) >= n
+                    return (others or 0) >= n and (dead or 0) >= n and bool(known)
 
                 await await_for(all_counted, timeout=60)
                 _, text = await afetch(port, "/metrics")
