@@ -1,10 +1,15 @@
 """``python -m bench.cluster``: partitioned throughput on Redis Cluster.
 
 For 1 and 3 masters (cluster-enabled ``redis-server``s on loopback, slots split
-evenly, no replicas) and 1 and 2 worker processes: preload ``--events`` events
-over 8 partitions, start the workers (no-op handler, 8 consumers each), and
-time them to drain every partition. Reports events/s and CPU per event of the
-workers and of the Redis masters; writes ``bench/results/cluster.json``.
+evenly, no replicas): preload ``--events`` events over 8 partitions once, then
+drain them, restored identically before every run, with each case in turn,
+``--repeats`` times: ``raw`` (``bench/raw_consumer.py --cluster``: redis-py's
+asyncio ``RedisCluster``, one task per partition doing XREADGROUP + XACK),
+``raw-pipelined`` (the XACK sent with the next read), then 1 and 2
+``agentstream-worker`` processes (no-op handler, 8 consumers each). Reports the
+median events/s, ``vs_raw`` (events/s over ``raw``'s on the same masters), and
+CPU per event of the consumer and of the Redis masters; writes
+``bench/results/cluster.json``.
 """
 
 from __future__ import annotations
@@ -13,9 +18,12 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
+import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +32,14 @@ import redis.cluster
 
 from agentstream.transport.keys import partition_streams, slot_of
 from bench import GROUP
-from bench.procs import APP_MODULE, Child, worker_command
+from bench.cpu import cpu_s
+from bench.procs import APP_MODULE, Child, bench_module, worker_command
+from bench.workload import Snapshot
 
 PARTITIONS = 8
 STREAM = "bench"
-_TICKS = os.sysconf("SC_CLK_TCK")
+#: How often a drain polls the partitions' groups, in seconds.
+POLL_S = 0.01
 
 
 def _free_port() -> int:
@@ -112,17 +123,12 @@ def _ping(port: int) -> bool:
         return False
 
 
-def _wait(predicate: Any, timeout: float = 30) -> None:
+def _wait(predicate: Any, timeout: float = 30, poll_s: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
             raise RuntimeError("timed out")
-        time.sleep(0.05)
-
-
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS
+        time.sleep(poll_s)
 
 
 def _remaining(client: redis.cluster.RedisCluster) -> int:
@@ -134,88 +140,179 @@ def _remaining(client: redis.cluster.RedisCluster) -> int:
     return total
 
 
-def run_case(masters: int, workers: int, events: int, tmp: Path) -> dict[str, Any]:
-    """Drain ``events`` preloaded events with ``workers`` processes."""
-    cluster = Masters(masters, tmp)
-    try:
-        client = redis.cluster.RedisCluster(
-            host="127.0.0.1", port=cluster.ports[0], decode_responses=True
+@dataclass(frozen=True, slots=True)
+class Case:
+    name: str
+    workers: int  # agentstream-worker processes; 0: the raw consumer
+    pipelined: bool = False  # raw consumer only
+
+
+#: The raw references first, then the workers, interleaved on every repeat.
+CASES = (
+    Case("raw", 0),
+    Case("raw-pipelined", 0, pipelined=True),
+    Case("1 worker", 1),
+    Case("2 workers", 2),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    events: int
+    seconds: float
+    consumer_cpu_s: float
+    redis_cpu_s: float
+
+
+class Bench:
+    """One cluster of ``masters``, its partitions preloaded once, drained per case.
+
+    Every run starts from the same state: each master flushed, then the 8
+    partition keys (entries and group at id 0) restored from their dumps.
+    """
+
+    def __init__(self, masters: int, events: int, tmp: Path) -> None:
+        self.tmp = tmp
+        self.cluster = Masters(masters, tmp)
+        self.client = redis.cluster.RedisCluster(
+            host="127.0.0.1", port=self.cluster.ports[0], decode_responses=True
         )
-        keys = partition_streams(STREAM, PARTITIONS)
-        for key in keys:
-            client.xgroup_create(key, GROUP, "0", mkstream=True)
-        fields = {"type": "token", "timestamp": "0", "data": '{"token": "x"}'}
-        pipe = client.pipeline(transaction=False)  # type: ignore[no-untyped-call]
-        for n in range(events):
-            pipe.xadd(keys[n % PARTITIONS], fields)
-            if n % 5000 == 4999:
-                pipe.execute()
-        pipe.execute()
+        self.snapshots: list[tuple[redis.Redis, Snapshot]] = []
+        for key in partition_streams(STREAM, PARTITIONS):
+            node = self.client.get_node_from_key(key)  # type: ignore[no-untyped-call]
+            owner = redis.Redis("127.0.0.1", node.port)
+            self.snapshots.append((owner, Snapshot(owner, key, events // PARTITIONS)))
+        self.events = events // PARTITIONS * PARTITIONS
         shutil.copyfile(
             Path(__file__).with_name("worker_app.py"), tmp / f"{APP_MODULE}.py"
         )
-        config = tmp / "worker.toml"
-        config.write_text(
+        self.config = tmp / "worker.toml"
+        self.config.write_text(
             f'app = "{APP_MODULE}:app"\nconsumers = 8\nbatch_size = 100\n'
             f'block_ms = 100\n[[subscriptions]]\nstream = "{STREAM}"\n'
-            f'group = "{GROUP}"\npartitions = {PARTITIONS}\n[redis]\n'
-            f'url = "{cluster.url}"\n[metrics]\nenabled = false\n'
+            f'group = "{GROUP}"\npartitions = {PARTITIONS}\n[redis]\ncluster = true\n'
+            f'url = "{self.cluster.url}"\n[metrics]\nenabled = false\n'
             '[log]\nlevel = "warning"\nformat = "json"\n'
         )
-        redis_cpu = cluster.cpu_s()
-        children = [
+
+    def _start(self, case: Case) -> list[Child]:
+        if case.workers == 0:
+            url = f"redis://127.0.0.1:{self.cluster.ports[0]}"
+            args = ["--url", url, "--stream", STREAM, "--cluster"]
+            args += ["--partitions", str(PARTITIONS)]
+            if case.pipelined:
+                args.append("--pipelined")
+            return [bench_module("raw_consumer", args, self.tmp / "raw.log")]
+        return [
             Child(
-                [*worker_command(config)],
-                tmp / f"w{i}.log",
-                cwd=tmp,
+                [*worker_command(self.config)],
+                self.tmp / f"w{i}.log",
+                cwd=self.tmp,
                 env={"AGENTSTREAM_NAME_PREFIX": f"w{i}", "BENCH_HANDLER": "noop"},
             )
-            for i in range(workers)
+            for i in range(case.workers)
         ]
+
+    def run(self, case: Case) -> Run:
+        """Restore the partitions, then time ``case`` draining them."""
+        for port in self.cluster.ports:
+            with _client(port) as client:
+                client.flushall()
+        for owner, snapshot in self.snapshots:
+            snapshot.restore(owner)
+        children = self._start(case)
+
+        def remaining() -> int:
+            for child in children:
+                if not child.alive():
+                    raise RuntimeError(f"{child.argv} exited:\n{child.tail()}")
+            return _remaining(self.client)
+
         try:
-            _wait(lambda: _remaining(client) < events, timeout=60)
+            _wait(lambda: remaining() < self.events, timeout=60, poll_s=POLL_S)
             started = time.monotonic()
-            base = sum(_cpu_s(c.pid) for c in children)
-            redis_cpu = cluster.cpu_s()
-            at_start = _remaining(client)
-            _wait(lambda: _remaining(client) == 0, timeout=600)
+            consumer_cpu = sum(cpu_s(c.pid) for c in children)
+            redis_cpu = self.cluster.cpu_s()
+            at_start = remaining()
+            _wait(lambda: remaining() == 0, timeout=600, poll_s=POLL_S)
             elapsed = time.monotonic() - started
-            worker_cpu = sum(_cpu_s(c.pid) for c in children) - base
-            redis_cpu = cluster.cpu_s() - redis_cpu
+            consumer_cpu = sum(cpu_s(c.pid) for c in children) - consumer_cpu
+            redis_cpu = self.cluster.cpu_s() - redis_cpu
         finally:
             for child in children:
                 child.stop()
-        client.close()
-    finally:
-        cluster.stop()
+        return Run(at_start, elapsed, consumer_cpu, redis_cpu)
+
+    def close(self) -> None:
+        self.client.close()
+        for owner, _ in self.snapshots:
+            owner.close()
+        self.cluster.stop()
+
+
+def _row(masters: int, events: int, case: Case, runs: list[Run]) -> dict[str, Any]:
+    """The medians of a case's runs (each timed from its first acknowledgement)."""
     return {
         "masters": masters,
-        "workers": workers,
-        "events": at_start,
-        "seconds": round(elapsed, 3),
-        "events_per_s": round(at_start / elapsed),
-        "worker_cpu_us_per_event": round(worker_cpu / at_start * 1e6, 1),
-        "redis_cpu_us_per_event": round(redis_cpu / at_start * 1e6, 1),
+        "case": case.name,
+        "workers": case.workers,
+        "events": events,
+        "events_per_s": round(statistics.median(r.events / r.seconds for r in runs)),
+        "events_per_s_runs": [round(r.events / r.seconds) for r in runs],
+        "consumer_cpu_us_per_event": round(
+            statistics.median(r.consumer_cpu_s / r.events for r in runs) * 1e6, 1
+        ),
+        "redis_cpu_us_per_event": round(
+            statistics.median(r.redis_cpu_s / r.events for r in runs) * 1e6, 1
+        ),
     }
+
+
+def run_masters(
+    masters: int, events: int, repeats: int, tmp: Path
+) -> list[dict[str, Any]]:
+    """Every case ``repeats`` times, interleaved, on one cluster of ``masters``."""
+    bench = Bench(masters, events, tmp)
+    runs: dict[Case, list[Run]] = {case: [] for case in CASES}
+    try:
+        for repeat in range(1, repeats + 1):
+            for case in CASES:
+                run = bench.run(case)
+                runs[case].append(run)
+                rate = run.events / run.seconds
+                print(
+                    f"masters={masters} [{repeat}/{repeats}] {case.name:<14}"
+                    f" {rate:>10,.0f} events/s",
+                    file=sys.stderr,
+                )
+    finally:
+        bench.close()
+    rows = [_row(masters, bench.events, case, runs[case]) for case in CASES]
+    raw = rows[0]["events_per_s"]
+    for row in rows:
+        row["vs_raw"] = round(row["events_per_s"] / raw, 2)
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.cluster")
     parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("bench/results/cluster.json"))
     args = parser.parse_args()
     slots = sorted({slot_of(k) for k in partition_streams(STREAM, PARTITIONS)})
     results = []
     for masters in (1, 3):
-        for workers in (1, 2):
-            with tempfile.TemporaryDirectory() as tmp:
-                result = run_case(masters, workers, args.events, Path(tmp))
-            print(json.dumps(result))
-            results.append(result)
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = run_masters(masters, args.events, args.repeats, Path(tmp))
+        for row in rows:
+            print(json.dumps(row))
+        results += rows
     summary = {
         "cpus": os.cpu_count(),
         "partitions": PARTITIONS,
         "slots": slots,
+        "repeats": args.repeats,
         "results": results,
     }
     args.out.write_text(json.dumps(summary, indent=2) + "\n")
