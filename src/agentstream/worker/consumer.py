@@ -382,6 +382,12 @@ class Consumer:
         block_ms: int,
         lock: anyio.Lock | None,
     ) -> None:
+        # While reads come back full, the stream has a backlog: the next read
+        # returns at once, so it may reserve all the room free, not a share of
+        # it (with many readers, partitions or streams, a share is a few
+        # entries). A read short of what it asked for blocks next, holding a
+        # share only.
+        backlog = True
         while not self._stopping:
             self.last_tick = _monotonic()
             with anyio.CancelScope() as scope:
@@ -402,7 +408,9 @@ class Consumer:
                     await anyio.lowlevel.checkpoint()
                 self._waiting_room = True
                 try:
-                    reserved = await dispatcher.reserve_read(most, self._ack_interval_s)
+                    reserved = await dispatcher.reserve_read(
+                        most, self._ack_interval_s, blocking=not backlog
+                    )
                 finally:
                     self._waiting_room = False
                 self.last_tick = sent_at = _monotonic()
@@ -413,8 +421,13 @@ class Consumer:
                         await lock.acquire()
                     try:
                         batch = await transport.aread_batch(
-                            self.name, reserved, block_ms, acks, forget
+                            self.name,
+                            reserved,
+                            None if backlog else block_ms,
+                            acks,
+                            forget,
                         )
+                        backlog = len(batch) == reserved
                         dispatcher.end_read(reserved, len(batch))
                         reserved = 0
                         self.dispatch(((i, f, 1) for i, f in batch), sent_at)

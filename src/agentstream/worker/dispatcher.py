@@ -108,18 +108,23 @@ class Dispatcher:
         total = self.capacity + self.prefetch
         return max(1, -(-total // max(self.readers, 1)))
 
-    async def reserve_read(self, most: int, patience_s: float) -> int:
+    async def reserve_read(
+        self, most: int, patience_s: float, *, blocking: bool = True
+    ) -> int:
         """Wait for room, first come first served, then reserve for one read.
 
         A read of a few entries costs a round trip as a full one does: the
         reader waits until half the prefetch is free, or ``patience_s``
-        (seconds) with some room free.
+        (seconds) with some room free. A ``blocking`` read (one that may wait
+        ``block_ms`` on a quiet stream) reserves at most its `share`; a read
+        that returns at once (a backlog) as much as the room allows.
 
         Returns:
-            The number reserved (at least 1, at most ``most`` and `share`); the
-            read reports what it got with `end_read`.
+            The number reserved (at least 1, at most ``most``); the read
+            reports what it got with `end_read`.
         """
-        most = min(most, self.share())
+        if blocking:
+            most = min(most, self.share())
         # Enough room for a read: half the prefetch, so that handler slots are
         # refilled before they run dry.
         turn = _Turn(most, max(1, min(most, self.prefetch) // 2))
