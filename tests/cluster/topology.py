@@ -35,10 +35,26 @@ _NODE_ARGS = [
 ]  # fmt: skip
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel gives outgoing connections (Linux: 32768)."""
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text("ascii")
+        return int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def cluster_port() -> int:
-    """A free port whose cluster bus port (+10000) is free too (both <= 65535)."""
+    """A free port whose cluster bus port (+10000) is free too.
+
+    Both stay below the ports the kernel hands out to outgoing connections
+    (a bus port in that range was taken, now and then, by some client's
+    connection between this check and the node's start), and node ports
+    (10000-19999) never meet bus ports (20000-29999) of other nodes.
+    """
+    high = min(19999, _ephemeral_low() - 1 - 10000)
     while True:
-        port = random.randint(20000, 55535)
+        port = random.randint(10000, high)
         try:
             for candidate in (port, port + 10000):
                 with socket.socket() as sock:
