@@ -257,7 +257,7 @@ def check(settings: Settings, app: App) -> int:
             await pool.aclose()
 
     try:
-        anyio.run(until_interrupted, ping(), backend="asyncio")
+        anyio.run(until_interrupted, ping, backend="asyncio")
     except (TransportError, ConfigError) as exc:
         print(f"agentstream-worker: redis check failed: {exc}", file=sys.stderr)
         return EXIT_STARTUP

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Awaitable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TypeVar, TypeVarTuple
 
 import anyio
 import anyio.abc
@@ -23,10 +23,11 @@ import anyio.abc
 __all__ = ["until_interrupted"]
 
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 
-async def until_interrupted(work: Awaitable[T]) -> T:
-    """Await ``work``; the first SIGINT cancels it.
+async def until_interrupted(work: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:
+    """Return ``await work(*args)``; the first SIGINT cancels it.
 
     Raises:
         KeyboardInterrupt: SIGINT arrived before ``work`` finished.
@@ -37,7 +38,7 @@ async def until_interrupted(work: Awaitable[T]) -> T:
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(_cancel_on_interrupt, scope)
-                result.append(await work)
+                result.append(await work(*args))
                 tg.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             # What ``work`` raised, as itself (the watcher raises nothing).

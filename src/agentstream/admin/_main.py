@@ -165,7 +165,7 @@ class _Parsers:
 
 async def _run(command: Command, args: argparse.Namespace, ctx: Context) -> int:
     try:
-        status = await until_interrupted(command(args, ctx))
+        status = await until_interrupted(command, args, ctx)
         # Here, so that a reader gone away (BrokenPipeError) is handled below.
         sys.stdout.flush()
         return status
