@@ -105,6 +105,7 @@ class WorkerSpec:
     consumers: int = 1
     handler: str = "noop"  # a mode of bench/worker_app.py
     concurrency: int = 100  # the default
+    event_loop: str = "auto"  # the default: uvloop where installed
 
     def toml(self, redis_url: str, stream: str) -> str:
         return "\n".join(
@@ -113,6 +114,7 @@ class WorkerSpec:
                 f"processes = {self.processes}",
                 f"consumers = {self.consumers}",
                 f"concurrency = {self.concurrency}",
+                f'event_loop = "{self.event_loop}"',
                 "batch_size = 100",
                 "block_ms = 100",
                 "shutdown_timeout_s = 30.0",
@@ -156,7 +158,8 @@ def worker(
     """
     shutil.copyfile(Path(__file__).with_name("worker_app.py"), tmp / f"{APP_MODULE}.py")
     name = (
-        f"worker-p{spec.processes}-c{spec.consumers}-C{spec.concurrency}-{spec.handler}"
+        f"worker-p{spec.processes}-c{spec.consumers}-C{spec.concurrency}"
+        f"-{spec.handler}-{spec.event_loop}"
     )
     config = tmp / f"{name}.toml"
     config.write_text(spec.toml(redis_url, stream))

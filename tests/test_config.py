@@ -22,6 +22,7 @@ from agentstream.config import (
     redacted,
 )
 from agentstream.errors import ConfigError
+from agentstream.event_loop import backend_options
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
 # The one intentional difference between config.example.toml and the defaults:
@@ -262,6 +263,21 @@ class TestValidation:
 
         with pytest.raises(ConfigError, match="^subscriptions: "):
             load_settings(None, env=env)
+
+    def test_uvloop_event_loop_needs_the_package(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """event_loop = "uvloop" without uvloop is refused, naming the fix; auto
+        falls back to asyncio's own loop."""
+        monkeypatch.setattr("agentstream.config.uvloop_installed", lambda: False)
+        monkeypatch.setattr("agentstream.event_loop.uvloop_installed", lambda: False)
+        env = {"AGENTSTREAM_EVENT_LOOP": "uvloop"}
+
+        with pytest.raises(ConfigError, match=r"^event_loop: .*pip install uvloop"):
+            load_settings(None, env=env)
+        auto = load_settings(None, env={"AGENTSTREAM_EVENT_LOOP": "auto"})
+        assert backend_options(auto.event_loop) == {"use_uvloop": False}
+        assert backend_options("asyncio") == {}
 
     def test_duplicate_subscription(self, tmp_path: Path) -> None:
         """The same (stream, group) pair may be subscribed only once."""

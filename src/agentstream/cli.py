@@ -23,6 +23,7 @@ from agentstream.errors import (
     StartupError,
     TransportError,
 )
+from agentstream.event_loop import backend_options
 from agentstream.exit_codes import (
     EXIT_CONFIG,
     EXIT_CRASH,
@@ -196,7 +197,11 @@ def run_worker(argv: Sequence[str] | None = None) -> int:
         parent_pid=os.getppid() if args.process_index is not None else None,
     )
     try:
-        return anyio.run(supervisor.run, backend="asyncio")
+        return anyio.run(
+            supervisor.run,
+            backend="asyncio",
+            backend_options=backend_options(settings.event_loop),
+        )
     except StartupError as exc:
         print(f"agentstream-worker: cannot start: {exc}", file=sys.stderr)
         return EXIT_STARTUP

@@ -33,6 +33,7 @@ from pydantic_settings import (
 )
 
 from .errors import ConfigError
+from .event_loop import uvloop_installed
 
 __all__ = [
     "LogSettings",
@@ -454,6 +455,9 @@ class Settings(BaseSettings):
         sync_threads: threads available to synchronous handlers, per process;
             a hard cap, held by a call until it returns (even past its timeout).
         unhandled: what to do with events no handler matches.
+        event_loop: the asyncio event loop of worker processes: ``auto``
+            (uvloop when installed, else the stdlib's), ``uvloop`` (refused
+            when not installed) or ``asyncio``.
         name_prefix: prefix of consumer names; the host name if unset.
         name_lease_s: lifetime of the lease a worker holds on its consumer
             names; a second worker with the same names takes ``{base}.1``.
@@ -486,6 +490,7 @@ class Settings(BaseSettings):
     shutdown_timeout_s: float = Field(default=30.0, ge=0.001, le=_DAY_S)
     sync_threads: int = Field(default=40, ge=1, le=10_000)
     unhandled: Literal["ack", "dead_letter"] = "ack"
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
     name_prefix: str | None = Field(default=None, min_length=1)
     # Renewed every third of it: under a second, one slow round trip loses it.
     name_lease_s: float = Field(default=30.0, ge=1, le=_DAY_S)
@@ -506,6 +511,15 @@ class Settings(BaseSettings):
         if app is not None and not _APP_RE.match(app):
             raise ValueError('must look like "package.module:attribute"')
         return app
+
+    @field_validator("event_loop")
+    @classmethod
+    def _check_event_loop(cls, choice: str) -> str:
+        if choice == "uvloop" and not uvloop_installed():
+            raise ValueError(
+                "uvloop is not installed (pip install uvloop), or choose auto or asyncio"
+            )
+        return choice
 
     @field_validator("subscriptions")
     @classmethod

@@ -591,6 +591,28 @@ def _shutdown_began(
     return check
 
 
+class TestEventLoop:
+    @pytest.mark.parametrize(
+        ("choice", "expected"), [("auto", "uvloop"), ("asyncio", "asyncio")]
+    )
+    def test_the_setting_picks_the_loop_the_worker_runs_on(
+        self, e2e: E2E, choice: str, expected: str
+    ) -> None:
+        """auto runs on uvloop (installed with agentstream on Linux), asyncio on the stdlib's loop; on either, events are handled once and a SIGTERM drains."""
+        config = e2e.write_config({"event_loop": choice, "consumers": 2})
+        keys = range(300)
+        xadd_events(e2e.client, e2e.stream, "ok", ({"n": n} for n in keys))
+        worker = e2e.start(config)
+        _wait(_all_handled(e2e, keys), 30, "all handled", worker)
+        _wait(_drained(e2e), 10, "group drained", worker)
+        assert worker.wait_for_log("worker_started", 10)["event_loop"] == expected
+        assert set(e2e.recorder.handled().values()) == {1}
+
+        worker.terminate()
+        assert worker.wait(15) == EXIT_OK, worker.tail()
+        assert pending_count(e2e.client, e2e.stream) == 0
+
+
 class TestSignals:
     def test_sigterm_lets_in_flight_handlers_finish(self, e2e: E2E) -> None:
         """On SIGTERM the in-flight 2 s handlers finish and are acked, consumers are removed, and the worker exits 0 within shutdown_timeout_s."""

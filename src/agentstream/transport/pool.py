@@ -74,10 +74,29 @@ def _hiredis_packing(
     """
     if not HIREDIS_AVAILABLE:
         return base
+    import hiredis
+
     serializer = HiredisRespSerializer()
+    pack = hiredis.pack_command
+    # A command name's words ("CONFIG GET" is two), as the serializer splits them.
+    words: dict[str, tuple[bytes, ...]] = {}
 
     class HiredisPacking(base):  # type: ignore[valid-type,misc]
         def pack_command(self, *args: Any) -> list[bytes]:
+            # The serializer's own checks cost more than packing an XACK of a
+            # batch's ids: try hiredis first, and let the serializer convert
+            # (bytearray) or refuse (DataError) what hiredis does not take.
+            name = args[0]
+            if type(name) is str:
+                head = words.get(name)
+                if head is None:
+                    head = tuple(name.encode().split())
+                    if len(words) < 1024:
+                        words[name] = head
+                try:
+                    return [pack(head + args[1:])]
+                except TypeError:
+                    pass
             return serializer.pack(*args)  # type: ignore[no-any-return]
 
     HiredisPacking.__name__ = HiredisPacking.__qualname__ = f"Hiredis{base.__name__}"

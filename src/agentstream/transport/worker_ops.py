@@ -9,6 +9,8 @@ from collections.abc import (
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis.asyncio as aioredis
+
 from agentstream import errors
 from agentstream.errors import Refused
 from agentstream.transport.core import (
@@ -26,6 +28,7 @@ from agentstream.transport.core import (
 )
 from agentstream.transport.keys import derived_key, errors_key, pause_key
 from agentstream.transport.retention import ackdel_args, acked_count
+from agentstream.transport.round_trip import round_trip, stream_entries, xreadgroup_args
 
 __all__ = ["DeadLetterRefused", "Dropped", "TrimResult", "WorkerOps"]
 
@@ -103,43 +106,51 @@ class WorkerOps(StreamCore):
 
         This is the worker's hot path: one XREADGROUP, no per-entry decoding, and
         ``ack_ids`` acknowledged in the same round trip (XACK, and HDEL of the
-        error records of ``forget_ids``, all of ``ack_ids`` if None, pipelined
-        before the read). The block is capped below the socket timeout; an
-        empty list means no entry arrived in time.
+        error records of ``forget_ids``, all of ``ack_ids`` if None, sent
+        before the read in one write; see `round_trip`). The block is capped
+        below the socket timeout; an empty list means no entry arrived in time.
         """
         block = self.block(block_ms)
-        streams: dict[Any, Any] = {self.stream: ">"}
         ackdel = bool(ack_ids) and await self.adeletes_on_ack()
         forget = ack_ids if forget_ids is None else forget_ids
+        commands: list[Sequence[Any]] = []
+        if ack_ids:
+            if ackdel:
+                commands.append(ackdel_args(self.stream, self.group, ack_ids))
+            else:
+                commands.append(["XACK", self.stream, self.group, *ack_ids])
+            # Error records go with their entries; a failure to drop them
+            # (a key of another type) is bookkeeping, and ignored.
+            if forget:
+                commands.append(["HDEL", self.errors_key, *forget])
+        commands.append(
+            xreadgroup_args(self.group, consumer, self.stream, count, block)
+        )
 
-        async def read() -> Any:
-            if not ack_ids:
-                return await self.raw.xreadgroup(
-                    self.group, consumer, streams, count=count, block=block
-                )
-            async with self.raw.pipeline(transaction=False) as pipe:
-                if ackdel:
-                    send(pipe, ackdel_args(self.stream, self.group, ack_ids))
-                else:
-                    pipe.xack(self.stream, self.group, *ack_ids)
-                # Error records go with their entries; a failure to drop them
-                # (a key of another type) is bookkeeping, and ignored.
-                if forget:
-                    pipe.hdel(self.errors_key, *forget)
-                pipe.xreadgroup(self.group, consumer, streams, count=count, block=block)
-                replies = await pipe.execute(raise_on_error=False)
+        async def read() -> list[tuple[bytes, RawFields]]:
+            client = self.raw
+            parsed = not isinstance(client, aioredis.Redis)
+            if isinstance(client, aioredis.Redis):
+                replies = await round_trip(client, commands)
+            else:  # a cluster: redis-py routes by slot and parses the replies
+                async with client.pipeline(transaction=False) as pipe:
+                    for command in commands:
+                        send(pipe, command)
+                    replies = await pipe.execute(raise_on_error=False)
             acked, rows = replies[0], replies[-1]
-            if isinstance(acked, Exception):
+            if ack_ids and isinstance(acked, Exception):
                 if not (ackdel and self.feature_lost(acked)):
                     raise acked
                 # The server lost XACKDEL: the read happened; acknowledge plainly.
-                await self.raw.xack(self.stream, self.group, *ack_ids)
+                await client.xack(self.stream, self.group, *ack_ids)
             if isinstance(rows, Exception):
                 raise rows
-            return rows
+            if parsed:
+                entries: list[tuple[bytes, RawFields]] = rows[0][1] if rows else []
+                return entries
+            return stream_entries(rows)
 
-        rows: Any = await self.acall("xreadgroup", read, recreate=True)
-        return rows[0][1] if rows else []
+        return await self.acall("xreadgroup", read, recreate=True)
 
     async def aread_own_pending(
         self,

@@ -25,6 +25,7 @@ from agentstream.errors import (
     StartupError,
     TransportError,
 )
+from agentstream.event_loop import running_loop_name
 from agentstream.observe.counts import SweepResult
 from agentstream.observe.health import STATUS_DIR_ENV
 from agentstream.observe.metrics import (
@@ -284,6 +285,7 @@ class Supervisor:
                     process=self.process_index,
                     consumers=[c.name for c in self.consumers],
                     streams=[t.stream_name for t in transports],
+                    event_loop=running_loop_name(),
                 )
                 await self._stopping.wait()
                 log.info("worker_stopping", grace_s=settings.shutdown_timeout_s)
