@@ -26,7 +26,15 @@ from agentstream import (
 )
 from agentstream.config import RedisSettings
 from agentstream.errors import StartupError
-from agentstream.observe.counts import FAILED, MAX_TYPES, OK, SweepResult, Tally
+from agentstream.observe.counts import (
+    BUCKETS_S,
+    FAILED,
+    MAX_TYPES,
+    OK,
+    SweepResult,
+    Tally,
+    TypeTally,
+)
 from agentstream.observe.health import Health, Heartbeat, check_loops
 from agentstream.observe.metrics import (
     CollectorRegistry,
@@ -93,6 +101,22 @@ async def status_is(port: int, path: str, code: int) -> bool:
 
 class TestCollectors:
     """Collectors on a test's own registry, no Redis."""
+
+    def test_a_success_counts_as_observe_and_an_ok(self) -> None:
+        """TypeTally.ok (the hot path's) fills the buckets observe fills, at
+        every bound and between, and counts one ok."""
+        values = [0.0, *BUCKETS_S, *(b * 1.01 for b in BUCKETS_S), 1e9]
+        for duration in values:
+            fast, slow = TypeTally(), TypeTally()
+            fast.ok(duration, duration)
+            slow.observe(duration, duration)
+            slow.counts[OK] += 1
+            assert (fast.duration, fast.age, fast.counts) == (
+                slow.duration,
+                slow.age,
+                slow.counts,
+            ), duration
+            assert fast.duration_sum == fast.age_sum == duration
 
     def test_tally_sweep_and_restarts(self) -> None:
         """Tallies add up per type and outcome, with histograms; restarts are deltas."""

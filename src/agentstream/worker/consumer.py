@@ -8,6 +8,7 @@ import traceback
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
+from itertools import repeat
 
 import anyio
 import anyio.abc
@@ -430,7 +431,7 @@ class Consumer:
                         backlog = len(batch) == reserved
                         dispatcher.end_read(reserved, len(batch))
                         reserved = 0
-                        self.dispatch(((i, f, 1) for i, f in batch), sent_at)
+                        self.dispatch(batch, sent_at)
                     finally:
                         if lock is not None:
                             lock.release()
@@ -475,56 +476,64 @@ class Consumer:
         """
         self._dispatcher.release(reserved - len(entries))
         return self.dispatch(
-            ((e.id, e.fields, e.delivery_count) for e in entries),
+            [(e.id, e.fields) for e in entries],
             _monotonic(),
+            [e.delivery_count for e in entries],
             track=track,
         )
 
     def dispatch(
         self,
-        entries: Iterable[tuple[bytes | str, RawFields | None, int]],
+        entries: Iterable[tuple[bytes | str, RawFields | None]],
         confirmed_at: float,
+        counts: Iterable[int] | None = None,
         *,
         track: bool = False,
     ) -> list[Job]:
-        """Start a task per entry (already counted as outstanding)."""
+        """Start a task per entry (already counted as outstanding).
+
+        ``counts`` are the entries' delivery counts, all 1 (a first read) if
+        None.
+        """
         assert self._tg is not None, "dispatch() outside active()"
         self._wall_offset_s = _time() - _monotonic()
         admit = self._dispatcher.admit
         jobs = self._jobs
+        ready = self._ready
+        stream, name, group = self._stream, self.name, self._group
+        resolve = self._app.resolve
+        keyed = self._order is not None
         started = []
-        for raw_id, fields, count in entries:
+        for (raw_id, fields), count in zip(
+            entries, repeat(1) if counts is None else counts, strict=False
+        ):
             job = Job(self, raw_id, fields, count, confirmed_at)
             jobs[job.id] = job
             if track:
                 job.done = anyio.Event()
                 started.append(job)
             if fields is not None:
-                self._prepare(job, fields)
-            if admit(job):  # else next_in_chain() starts it in its turn
-                self._ready.append(job)
+                event = job.event = decode_event(
+                    stream, job.id, fields, count, name, group
+                )
+                if type(event) is Event:
+                    job.handler = resolve(stream, event.type)
+                    if keyed and job.handler is not None:
+                        self._set_key(job, event)
+            if job.key is None or admit(job):  # else next_in_chain() starts it
+                ready.append(job)
         self._kick()
         return started
 
-    def _prepare(self, job: Job, fields: RawFields) -> None:
-        event = decode_event(
-            self._stream, job.id, fields, job.count, self.name, self._group
-        )
-        job.event = event
-        if type(event) is str:
+    def _set_key(self, job: Job, event: Event) -> None:
+        assert self._order is not None
+        try:
+            key = self._order(event)
+        except Exception as exc:  # noqa: BLE001 - a bad key runs unordered
+            log.warning("order_key_failed", event_id=job.id, error=describe_error(exc))
             return
-        assert isinstance(event, Event)
-        job.handler = self._app.resolve(self._stream, event.type)
-        if job.handler is not None and self._order is not None:
-            try:
-                key = self._order(event)
-            except Exception as exc:  # noqa: BLE001 - a bad key runs unordered
-                log.warning(
-                    "order_key_failed", event_id=job.id, error=describe_error(exc)
-                )
-                return
-            if key is not None:
-                job.key = (self._stream, key)
+        if key is not None:
+            job.key = (self._stream, key)
 
     def _start(self, job: Job) -> bool:
         if self._tg is None or job.generation != self.generation:
@@ -608,30 +617,13 @@ class Consumer:
     # -- handling ----------------------------------------------------------------
 
     async def _handle(self, job: Job) -> None:
-        tally = self.tally
-        fields = job.fields
-        if fields is None:
-            self.report_lost([job.id])
-            self._ack(job)
-            return
-        event = job.event
-        if type(event) is str:
-            tally.count(UNKNOWN_TYPE, MALFORMED)
-            log.warning("event_malformed", event_id=job.id, reason=event)
-            await self.dead_letter(job.id, fields, "malformed", event, job.count)
-            return
-        assert isinstance(event, Event)
         handler = job.handler
         if handler is None:
-            tally.count(event.type, UNHANDLED)
-            warn_unhandled(self._stream, event.type, self._settings_unhandled)
-            if self._unhandled_dead:
-                await self.dead_letter(
-                    job.id, fields, "unhandled", "no handler", job.count
-                )
-            else:
-                self._ack(job)
+            await self._handle_unrunnable(job)
             return
+        event = job.event
+        assert type(event) is Event
+        tally = self.tally
         dispatcher = self._dispatcher
         asked = _monotonic()
         if dispatcher.running < dispatcher.capacity and not dispatcher.slots_waited:
@@ -668,13 +660,36 @@ class Consumer:
         finally:
             dispatcher.release_slot()
         if outcome == OK and not job.timed_out:
+            # Looked up after the handler: the reporter may have taken the
+            # tally meanwhile, and counts added to the old one would be lost.
             started = job.started_at
-            type_tally = self.tally.of(event.type)
-            type_tally.observe(_monotonic() - started, self._age_at(job.id, started))
-            type_tally.counts[OK] += 1
+            self.tally.of(event.type).ok(
+                _monotonic() - started, self._age_at(job.id, started)
+            )
             self._ack(job)
         else:
             await self._conclude(job, outcome, error)
+
+    async def _handle_unrunnable(self, job: Job) -> None:
+        """An entry with no handler to call: lost, malformed or unhandled."""
+        fields = job.fields
+        if fields is None:
+            self.report_lost([job.id])
+            self._ack(job)
+            return
+        event = job.event
+        if type(event) is str:
+            self.tally.count(UNKNOWN_TYPE, MALFORMED)
+            log.warning("event_malformed", event_id=job.id, reason=event)
+            await self.dead_letter(job.id, fields, "malformed", event, job.count)
+            return
+        assert isinstance(event, Event)
+        self.tally.count(event.type, UNHANDLED)
+        warn_unhandled(self._stream, event.type, self._settings_unhandled)
+        if self._unhandled_dead:
+            await self.dead_letter(job.id, fields, "unhandled", "no handler", job.count)
+        else:
+            self._ack(job)
 
     async def _call_sync(
         self, job: Job, event: Event, handler: Handler
