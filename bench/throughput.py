@@ -96,12 +96,19 @@ def cases(
         Case("raw", events),
         Case("raw-pipelined", events, pipelined=True),
         Case(P1, events, WorkerSpec(1, 1)),
+        # The same on the stdlib's event loop: what uvloop (the default) adds.
+        Case(f"{P1} asyncio", events, WorkerSpec(1, 1, event_loop="asyncio")),
         Case("worker p=1 c=4", events, WorkerSpec(1, 4)),
         Case(P2, events, WorkerSpec(2, 1)),
         Case("sync p=1 c=1", sync_events, WorkerSpec(1, 1, "sync")),
         Case("sync p=1 c=16", sync_events, WorkerSpec(1, 16, "sync")),
         Case("sleep-1ms p=1 c=1", sleep_events, WorkerSpec(1, 1, "sleep")),
         Case("sleep-1ms p=1 c=16", sleep_events, WorkerSpec(1, 16, "sleep")),
+        Case(
+            "sleep-1ms p=1 c=16 asyncio",
+            sleep_events,
+            WorkerSpec(1, 16, "sleep", event_loop="asyncio"),
+        ),
         *io,
     ]
 

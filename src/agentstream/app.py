@@ -107,6 +107,10 @@ class App:
 
         return register
 
+    def event_types(self) -> frozenset[str]:
+        """The event types with a handler of their own (not the ``*`` fallback)."""
+        return frozenset(h.event_type for h in self._handlers.values()) - {ANY_TYPE}
+
     def resolve(self, stream: str, event_type: str) -> Handler | None:
         """Return the handler for an event, or None when nothing matches.
 

@@ -31,6 +31,7 @@ from agentstream.observe.counts import (
     FAILED,
     MAX_TYPES,
     OK,
+    OTHER,
     SweepResult,
     Tally,
     TypeTally,
@@ -101,6 +102,20 @@ async def status_is(port: int, path: str, code: int) -> bool:
 
 class TestCollectors:
     """Collectors on a test's own registry, no Redis."""
+
+    def test_a_type_with_a_handler_keeps_its_count_past_max_types(self) -> None:
+        """Past MAX_TYPES types in one tally (a slow reporter, many invented
+        types) the others count as other; a labelled type never does."""
+        tally = Tally(frozenset({"known"}))
+        for i in range(MAX_TYPES + 50):
+            tally.count(f"t-{i}", OK)
+        tally.count("known", OK)
+        tally.count("unlabelled", OK)
+        taken = tally.take()
+        assert taken.types["known"].counts[OK] == 1
+        assert "unlabelled" not in taken.types
+        assert taken.types[OTHER].counts[OK] == 51
+        assert tally.labelled == taken.labelled == frozenset({"known"})
 
     def test_a_success_counts_as_observe_and_an_ok(self) -> None:
         """TypeTally.ok (the hot path's) fills the buckets observe fills, at

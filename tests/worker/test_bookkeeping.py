@@ -15,6 +15,9 @@ from test_supervisor import make_settings, running
 
 from agentstream import App, DeadLetter, Event, RedisStreamTransport
 from agentstream.transport.core import to_text
+from agentstream.transport.worker_ops import WorkerOps
+from agentstream.worker.consumer import Consumer
+from agentstream.worker.dispatcher import Dispatcher
 from agentstream.worker.supervisor import Supervisor
 from redis_server import RedisServer, await_for
 
@@ -228,3 +231,43 @@ async def test_reaper_claims_from_a_consumer_named_in_other_bytes(
     assert [e for e in logs if e["event"] == "consumers_removed"]
     assert not [e for e in logs if e["event"] == "consumer_crashed"]
     producer.close()
+
+
+async def test_an_ack_sent_with_a_read_during_a_renewal_is_no_lost_lease(
+    fresh_redis: RedisServer, client: redis.Redis
+) -> None:
+    """A lease renewal covers the finished events whose acks are not sent yet.
+    If the reader sends them (with its next read) while the renewal is on its
+    way, they are no longer pending: that is no lost lease. One still held
+    here that another consumer took is."""
+    stream = "leases"
+    client.xgroup_create(stream, "agents", "0", mkstream=True)
+    ids = [to_text(client.xadd(stream, {"type": "t", "data": "{}"})) for _ in range(3)]
+    client.xreadgroup("agents", "c", {stream: ">"})
+    settings = make_settings(fresh_redis.url, stream)
+    transport = WorkerOps(stream, redis_url=fresh_redis.url, consumer_group="agents")
+    consumer = Consumer(
+        "c", transport, App(), settings.subscriptions[0], settings, Dispatcher(10, 1)
+    )
+    consumer._acks = [ids[0].encode(), ids[1].encode(), ids[2]]
+    renew = transport.arenew
+
+    async def renew_while_the_reader_acks(name: str, held: Any) -> Any:
+        # What the reader does between the renewal's snapshot and its command.
+        client.xack(stream, "agents", ids[0])
+        consumer._acks.remove(ids[0].encode())
+        client.xclaim(stream, "agents", "other", 0, [ids[2]])  # really taken
+        return await renew(name, held)
+
+    transport.arenew = renew_while_the_reader_acks  # type: ignore[method-assign,assignment]
+    try:
+        with capture_logs() as logs:
+            await consumer._renew()
+    finally:
+        await transport.aclose()
+    lost = [r for r in logs if r["event"] == "lease_lost"]
+    assert [(r["event_ids"], r["count"]) for r in lost] == [([ids[2]], 1)]
+    assert (
+        client.xpending_range(stream, "agents", ids[1], ids[1], 1)[0]["consumer"]
+        == b"c"
+    )

@@ -79,18 +79,26 @@ SLOTS = ("slot", "thread")
 
 
 class Tally:
-    """Everything a consumer counted since the last ``take()``."""
+    """Everything a consumer counted since the last ``take()``.
+
+    Args:
+        labelled: the event types with a handler of their own: each keeps its
+            own count however many other types arrived first (the metrics
+            label those by name, the others ``other``).
+    """
 
     __slots__ = (
         "dead_letter_failures",
         "dead_letter_reasons",
+        "labelled",
         "overran",
         "slot_free",
         "types",
         "waits",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, labelled: frozenset[str] = frozenset()) -> None:
+        self.labelled = labelled
         self.types: dict[str, TypeTally] = {}
         self.dead_letter_reasons: dict[str, int] = {}
         self.dead_letter_failures: dict[str, int] = {}
@@ -114,10 +122,11 @@ class Tally:
         wait[1][0] += seconds
 
     def of(self, event_type: str) -> TypeTally:
-        """The tally of one event type (``other`` past ``MAX_TYPES`` types)."""
+        """The tally of one event type (``other`` past ``MAX_TYPES`` types,
+        unless it is one of ``labelled``)."""
         tally = self.types.get(event_type)
         if tally is None:
-            if len(self.types) >= MAX_TYPES:
+            if len(self.types) >= MAX_TYPES and event_type not in self.labelled:
                 event_type = OTHER
                 tally = self.types.get(OTHER)
             if tally is None:
@@ -142,7 +151,7 @@ class Tally:
 
     def take(self) -> Tally:
         """Return what was counted so far and start counting from zero."""
-        taken = Tally()
+        taken = Tally(self.labelled)
         taken.types, self.types = self.types, {}
         taken.dead_letter_reasons, self.dead_letter_reasons = (
             self.dead_letter_reasons,

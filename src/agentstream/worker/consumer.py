@@ -179,7 +179,7 @@ class Consumer:
         self.pause = pause
         self._on_read = on_read
         self.transport = transport
-        self.tally = Tally()
+        self.tally = Tally(app.event_types())
         self.last_tick = _monotonic()
         self._app = app
         self._stream = transport.stream_name
@@ -963,12 +963,20 @@ class Consumer:
                 if job is not None:
                     job.gone = True
             if len(renewed) + len(gone) < len(ids):
-                taken = sorted(set(ids) - set(renewed) - set(gone))
+                # Not pending here any more: taken over, unless it finished and
+                # its ack went out with a read meanwhile (then it is no loss).
+                unsent = {to_text(i) for i in self._acks}
+                taken = sorted(
+                    i
+                    for i in set(ids) - set(renewed) - set(gone)
+                    if i in jobs or i in unsent
+                )
                 for entry_id in taken:
                     job = jobs.get(entry_id)
                     if job is not None:
                         job.lost = True
-                log.warning("lease_lost", event_ids=taken[:20], count=len(taken))
+                if taken:
+                    log.warning("lease_lost", event_ids=taken[:20], count=len(taken))
         finally:
             self._renewal = None
             done.set()

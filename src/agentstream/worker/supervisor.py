@@ -177,7 +177,7 @@ class Supervisor:
     @property
     def event_types(self) -> frozenset[str]:
         """The event types with a handler of their own (not the ``*`` fallback)."""
-        return frozenset(h.event_type for h in self.app.handlers) - {"*"}
+        return self.app.event_types()
 
     @property
     def stopping(self) -> bool:
