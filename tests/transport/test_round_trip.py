@@ -55,11 +55,21 @@ async def test_entries_match_what_redis_py_parses(
     a deleted entry's fields included."""
     sync = redis.Redis.from_url(redis_url)
     sync.xgroup_create(stream_name, "g", "0", mkstream=True)
-    for n in range(5):
-        sync.xadd(stream_name, {"type": "t", "data": f'{{"n": {n}}}', "é": b"\xff"})
+    layouts: list[list[Any]] = [  # 1 to 5 fields, a repeated one, not UTF-8
+        ["data", "{}"],
+        ["type", "t", "data", "{}", "é", b"\xff"],
+        ["type", "t", "timestamp", "1.5", "data", "{}", "metadata", "{}"],
+        ["type", "t", "data", "{}", "type", "u"],
+        ["a", 1, "b", 2, "c", 3, "d", 4, "e", 5],
+    ]
+    await round_trip(
+        one_connection,
+        [["XADD", stream_name, f"{n}-1", *f] for n, f in enumerate(layouts, 1)],
+    )
     read = xreadgroup_args("g", "c", stream_name, 10, None)
     first = stream_entries((await round_trip(one_connection, [read]))[0])
-    assert [f[b"data"] for _, f in first] == [b'{"n": %d}' % n for n in range(5)]
+    assert first[3][1] == {b"type": b"u", b"data": b"{}"}
+    assert len(first) == len(layouts)
     sync.xdel(stream_name, first[1][0])
     history = [*read[:-1], "0"]  # the consumer's pending entries, from the start
     resp3 = aioredis.Redis.from_url(redis_url, protocol=3)

@@ -90,9 +90,22 @@ def stream_entries(reply: Any) -> list[tuple[bytes, RawFields]]:
     out: list[tuple[bytes, RawFields]] = []
     append = out.append
     for entry_id, flat in reply[0][1]:
+        # A dict display builds the seed format's 3 or 4 fields in a third of
+        # the time dict(zip()) takes; the same dict (the last of a repeated
+        # field wins).
         if flat is None:
-            append((entry_id, {}))
+            fields = {}
+        elif len(flat) == 6:
+            fields = {flat[0]: flat[1], flat[2]: flat[3], flat[4]: flat[5]}
+        elif len(flat) == 8:
+            fields = {
+                flat[0]: flat[1],
+                flat[2]: flat[3],
+                flat[4]: flat[5],
+                flat[6]: flat[7],
+            }
         else:
             pairs = iter(flat)
-            append((entry_id, dict(zip(pairs, pairs, strict=False))))
+            fields = dict(zip(pairs, pairs))  # noqa: B905 - strict= costs 150 ns
+        append((entry_id, fields))
     return out

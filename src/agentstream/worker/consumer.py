@@ -219,6 +219,8 @@ class Consumer:
         # time.time() - time.monotonic(), as of the last dispatch: event ages
         # from monotonic readings (one wall-clock reading per batch).
         self._wall_offset_s = _time() - _monotonic()
+        self._published_ms = ""  # the last entry id's ms part, and in seconds
+        self._published_s = 0.0
         self._stopping = False
         #: Counts runs: a job fetched by an earlier run is never started by a
         #: later one (that run parked it on the retry consumer).
@@ -753,8 +755,13 @@ class Consumer:
 
     def _age_at(self, entry_id: str, at: float) -> float:
         """Seconds between the entry's publication and ``at`` (monotonic)."""
-        # The id's first part is the publish time in ms (Redis' clock).
-        return at + self._wall_offset_s - int(entry_id.partition("-")[0]) / 1000
+        # The id's first part is the publish time in ms (Redis' clock); under
+        # load many entries in a row share it: parsed once for them.
+        ms = entry_id.partition("-")[0]
+        if ms != self._published_ms:
+            self._published_ms = ms
+            self._published_s = int(ms) / 1000
+        return at + self._wall_offset_s - self._published_s
 
     def _ack(self, job: Job) -> None:
         self._acks.append(job.raw_id)
