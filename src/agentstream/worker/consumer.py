@@ -504,6 +504,7 @@ class Consumer:
         ready = self._ready
         stream, name, group = self._stream, self.name, self._group
         resolve = self._app.resolve
+        handlers: dict[str, Handler | None] = {}
         keyed = self._order is not None
         started = []
         for (raw_id, fields), count in zip(
@@ -519,7 +520,11 @@ class Consumer:
                     stream, job.id, fields, count, name, group
                 )
                 if type(event) is Event:
-                    job.handler = resolve(stream, event.type)
+                    event_type = event.type
+                    if event_type in handlers:  # the batch's types, resolved once
+                        job.handler = handlers[event_type]
+                    else:
+                        job.handler = handlers[event_type] = resolve(stream, event_type)
                     if keyed and job.handler is not None:
                         self._set_key(job, event)
             if job.key is None or admit(job):  # else next_in_chain() starts it
