@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import types
 import typing
 from collections.abc import Iterator
@@ -267,10 +268,10 @@ class TestValidation:
     def test_uvloop_event_loop_needs_the_package(
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """event_loop = "uvloop" without uvloop is refused, naming the fix; auto
-        falls back to asyncio's own loop."""
-        monkeypatch.setattr("agentstream.config.uvloop_installed", lambda: False)
-        monkeypatch.setattr("agentstream.event_loop.uvloop_installed", lambda: False)
+        """event_loop = "uvloop" with a uvloop that does not import (missing,
+        or broken) is refused, naming the fix; auto falls back to asyncio's own
+        loop."""
+        monkeypatch.setitem(sys.modules, "uvloop", None)  # import raises ImportError
         env = {"AGENTSTREAM_EVENT_LOOP": "uvloop"}
 
         with pytest.raises(ConfigError, match=r"^event_loop: .*pip install uvloop"):

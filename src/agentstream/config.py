@@ -33,7 +33,7 @@ from pydantic_settings import (
 )
 
 from .errors import ConfigError
-from .event_loop import uvloop_installed
+from .event_loop import uvloop_import_error
 
 __all__ = [
     "LogSettings",
@@ -515,10 +515,13 @@ class Settings(BaseSettings):
     @field_validator("event_loop")
     @classmethod
     def _check_event_loop(cls, choice: str) -> str:
-        if choice == "uvloop" and not uvloop_installed():
-            raise ValueError(
-                "uvloop is not installed (pip install uvloop), or choose auto or asyncio"
-            )
+        if choice == "uvloop":
+            reason = uvloop_import_error()
+            if reason is not None:
+                raise ValueError(
+                    f"uvloop cannot be imported ({reason}): pip install uvloop, "
+                    "or choose auto or asyncio"
+                )
         return choice
 
     @field_validator("subscriptions")

@@ -10,7 +10,6 @@ and per callback than the stdlib's selector loop; anyio runs on it
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 from typing import Any, Literal
 
 __all__ = [
@@ -24,22 +23,34 @@ __all__ = [
 EventLoopChoice = Literal["auto", "uvloop", "asyncio"]
 
 
+def uvloop_import_error() -> str | None:
+    """Why ``uvloop`` cannot be imported (not installed, or broken: a missing
+    shared library, a build for another Python), or None when it can."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError as exc:
+        return str(exc) or type(exc).__name__
+    return None
+
+
 def uvloop_installed() -> bool:
     """Whether the ``uvloop`` package can be imported."""
-    return importlib.util.find_spec("uvloop") is not None
+    return uvloop_import_error() is None
 
 
 def backend_options(choice: EventLoopChoice) -> dict[str, Any]:
     """anyio's asyncio backend options for ``choice``.
 
     Raises:
-        ModuleNotFoundError: ``choice`` is ``"uvloop"`` and it is not installed
-            (the settings refuse that value already, see `Settings`).
+        ModuleNotFoundError: ``choice`` is ``"uvloop"`` and it cannot be
+            imported (the settings refuse that value already, see `Settings`).
     """
     if choice == "asyncio":
         return {}
     if choice == "uvloop" and not uvloop_installed():
-        raise ModuleNotFoundError("event_loop = 'uvloop' needs the uvloop package")
+        raise ModuleNotFoundError(
+            f"event_loop = 'uvloop': uvloop cannot be imported: {uvloop_import_error()}"
+        )
     return {"use_uvloop": choice == "uvloop" or uvloop_installed()}
 
 

@@ -593,16 +593,27 @@ def _shutdown_began(
 
 class TestEventLoop:
     @pytest.mark.parametrize(
-        ("choice", "expected"), [("auto", "uvloop"), ("asyncio", "asyncio")]
+        ("choice", "broken", "expected"),
+        [
+            ("auto", False, "uvloop"),
+            ("asyncio", False, "asyncio"),
+            ("auto", True, "asyncio"),
+        ],
     )
     def test_the_setting_picks_the_loop_the_worker_runs_on(
-        self, e2e: E2E, choice: str, expected: str
+        self, e2e: E2E, choice: str, broken: bool, expected: str
     ) -> None:
-        """auto runs on uvloop (installed with agentstream on Linux), asyncio on the stdlib's loop; on either, events are handled once and a SIGTERM drains."""
+        """auto runs on uvloop (installed with agentstream on Linux), or on the stdlib's loop when uvloop does not import (a broken install); asyncio on the stdlib's loop; on each, events are handled once and a SIGTERM drains."""
+        env = {}
+        if broken:
+            fake = e2e.dir / "broken" / "uvloop"
+            fake.mkdir(parents=True)
+            (fake / "__init__.py").write_text('raise ImportError("libuv.so.1")\n')
+            env["PYTHONPATH"] = str(fake.parent)
         config = e2e.write_config({"event_loop": choice, "consumers": 2})
         keys = range(300)
         xadd_events(e2e.client, e2e.stream, "ok", ({"n": n} for n in keys))
-        worker = e2e.start(config)
+        worker = e2e.start(config, env=env)
         _wait(_all_handled(e2e, keys), 30, "all handled", worker)
         _wait(_drained(e2e), 10, "group drained", worker)
         assert worker.wait_for_log("worker_started", 10)["event_loop"] == expected

@@ -356,6 +356,20 @@ class TestSharedPool:
         b.delete()
         pool.close()
 
+    def test_a_pool_speaks_resp2_only(self, redis_url: str) -> None:
+        """protocol=3, as an argument or in the URL, is refused: replies are
+        parsed as RESP2's."""
+        for url, kwargs in (
+            (redis_url, {"protocol": 3}),
+            (redis_url + "?protocol=3", {}),
+            (redis_url, {"protocol": "3"}),
+        ):
+            with pytest.raises(ValueError, match="RESP2"):
+                RedisConnectionPool(url, **kwargs)
+        pool = RedisConnectionPool(redis_url + "?protocol=2", protocol=2)
+        assert pool.get_sync_client().ping()
+        pool.close()
+
 
 @pytest.mark.anyio
 class TestAsync:

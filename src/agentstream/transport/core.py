@@ -19,7 +19,11 @@ from agentstream import errors
 from agentstream.event import encode_fields
 from agentstream.transport import scripts as _scripts
 from agentstream.transport.keys import derived_key
-from agentstream.transport.pool import CallObserver, RedisConnectionPool
+from agentstream.transport.pool import (
+    CallObserver,
+    RedisConnectionPool,
+    closed_transport,
+)
 from agentstream.transport.retention import (
     Retention,
     ServerFeatures,
@@ -335,6 +339,13 @@ class StreamCore:
         except rex.RedisError as exc:
             msg = f"Redis error at {self._where} ({operation}): {exc}"
             raise errors.TransportError(self._scrub(msg), operation) from None
+        except RuntimeError as exc:
+            # Cluster connections are redis-py's own: uvloop's word for a reset
+            # connection reaches us unconverted (see closed_transport).
+            if not closed_transport(exc):
+                raise
+            msg = f"cannot reach Redis at {self._where} ({operation}): {exc}"
+            raise errors.ConnectionError(self._scrub(msg), operation) from None
 
     def _auth_message(self, text: str) -> str:
         if not self._secrets and _needs_auth(text):

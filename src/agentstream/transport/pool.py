@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any, Literal, Protocol
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
 import redis.asyncio as aioredis
@@ -28,7 +28,13 @@ from redis.utils import HIREDIS_AVAILABLE
 from agentstream.config import RedisSettings, host_port
 from agentstream.errors import TransportError
 
-__all__ = ["CallObserver", "RedisConnectionPool", "pool_from_settings", "split_hosts"]
+__all__ = [
+    "CallObserver",
+    "RedisConnectionPool",
+    "closed_transport",
+    "pool_from_settings",
+    "split_hosts",
+]
 
 
 class CallObserver(Protocol):
@@ -103,6 +109,47 @@ def _hiredis_packing(
     return HiredisPacking
 
 
+def closed_transport(exc: BaseException) -> bool:
+    """Whether ``exc`` is uvloop's refusal to write on a closed transport.
+
+    When the server resets a connection (``CLIENT KILL``, a restart), uvloop
+    closes the transport, and a write redis-py makes before it notices raises
+    ``RuntimeError("unable to perform operation on <TCPTransport closed=True
+    ...>; the handler is closed")``. asyncio's own loop reports the same event
+    as ``ConnectionResetError``, which redis-py turns into its
+    ``ConnectionError``.
+    """
+    return isinstance(exc, RuntimeError) and "unable to perform operation on" in str(
+        exc
+    )
+
+
+def _hung_up_as_connection_error(
+    base: type[aioredis.connection.AbstractConnection],
+) -> type[aioredis.connection.AbstractConnection]:
+    """``base`` raising ``redis.ConnectionError`` for a write on a connection the
+    server reset (see `closed_transport`), as on asyncio's own loop: redis-py's
+    ``Retry`` then reconnects, and callers see a connection error."""
+
+    class HungUpAsConnectionError(base):  # type: ignore[valid-type,misc]
+        async def send_packed_command(
+            self, command: Any, check_health: bool = True
+        ) -> None:
+            try:
+                await super().send_packed_command(command, check_health)
+            except RuntimeError as exc:
+                if not closed_transport(exc):
+                    raise
+                # redis-py dropped the connection before raising.
+                msg = f"Error while writing to the socket: {exc}"
+                raise redis.ConnectionError(msg) from None
+
+    HungUpAsConnectionError.__name__ = HungUpAsConnectionError.__qualname__ = (
+        base.__name__
+    )
+    return HungUpAsConnectionError
+
+
 def _backoff() -> ExponentialWithJitterBackoff:
     return ExponentialWithJitterBackoff(cap=0.5, base=0.05)
 
@@ -154,6 +201,10 @@ class RedisConnectionPool:
         wait_timeout_ms: longest WAIT, in ms.
         **connection_kwargs: more options for redis-py's connections, such as
             ``username``, ``password``, ``ssl_ca_certs`` or ``socket_timeout``.
+
+    Raises:
+        ValueError: ``protocol`` (an argument or in the URL) other than 2:
+            agentstream speaks RESP2, and parses its replies as such.
     """
 
     def __init__(
@@ -170,6 +221,12 @@ class RedisConnectionPool:
         wait_timeout_ms: int = 1000,
         **connection_kwargs: Any,
     ) -> None:
+        protocol = connection_kwargs.get("protocol")
+        if protocol is None:
+            protocol = parse_qs(urlsplit(redis_url).query).get("protocol", [None])[0]
+        if protocol not in (None, 2, "2"):
+            msg = f"protocol={protocol}: agentstream speaks RESP2 (protocol=2) only"
+            raise ValueError(msg)
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = wait_timeout_ms
         self._redis_url = redis_url
@@ -361,6 +418,10 @@ class RedisConnectionPool:
                     _backoff(), _RETRIES, supported_errors=(redis.ConnectionError,)
                 ),
             )
+            sentinel_pool = aclient.connection_pool
+            sentinel_pool.connection_class = _hung_up_as_connection_error(
+                sentinel_pool.connection_class
+            )
             return aclient
         pool = aioredis.ConnectionPool.from_url(
             self._redis_url,
@@ -371,7 +432,9 @@ class RedisConnectionPool:
             ),
             **self._kwargs,
         )
-        pool.connection_class = _hiredis_packing(pool.connection_class)
+        pool.connection_class = _hiredis_packing(
+            _hung_up_as_connection_error(pool.connection_class)
+        )
         return aioredis.Redis.from_pool(pool)
 
     async def anode_client(self, key: str) -> aioredis.Redis:
