@@ -16,6 +16,7 @@ __all__ = [
     "EventLoopChoice",
     "backend_options",
     "running_loop_name",
+    "uvloop_import_error",
     "uvloop_installed",
 ]
 

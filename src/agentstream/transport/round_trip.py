@@ -1,9 +1,9 @@
 """The worker's read round trip on one pooled connection, without redis-py's
 pipeline machinery.
 
-redis-py's asyncio ``Pipeline.execute`` costs about twice the client CPU of
-the round trip itself (command stack, response callbacks, observability
-hooks); the worker sends one per batch. `round_trip` writes the commands in
+redis-py's asyncio ``Pipeline.execute`` adds two thirds to the client CPU of a
+round trip (command stack, response callbacks, observability hooks: 90 µs for
+two ``PING`` s against 55 µs written directly); the worker sends one per batch. `round_trip` writes the commands in
 one packet and reads the replies as the parser gives them; `stream_entries`
 turns an ``XREADGROUP`` reply into ``(id, fields)`` pairs, as redis-py's
 ``parse_xread`` does. Cluster clients keep redis-py's pipelines (they route by
