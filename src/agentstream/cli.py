@@ -216,6 +216,8 @@ def check(settings: Settings, app: App) -> int:
     """Print the resolved configuration and handlers, then ping Redis."""
     print("configuration:")
     print(json.dumps(redacted(settings), indent=2, default=str))
+    uses_uvloop = backend_options(settings.event_loop).get("use_uvloop", False)
+    print(f"event loop: {'uvloop' if uses_uvloop else 'asyncio'}")
     print("handlers:")
     for handler in app.handlers:
         where = handler.stream or "*"

@@ -908,6 +908,7 @@ class TestCheck:
         for name in APP_HANDLERS:
             assert name in output, f"handler {name} not listed"
         assert e2e.stream in output, "the resolved config is not printed"
+        assert "event loop: uvloop" in output  # event_loop = "auto", uvloop installed
         assert "Traceback" not in output
 
     def test_check_is_read_only_and_lists_unhandled_types(self, e2e: E2E) -> None:
