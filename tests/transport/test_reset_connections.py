@@ -4,14 +4,13 @@ which must read as redis-py's ConnectionError (retried) and ours."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
-import anyio
-import anyio.abc
 import pytest
 import redis
 import redis.asyncio as aioredis
@@ -41,43 +40,46 @@ class ResettingProxy:
 
     def __init__(self, upstream_port: int) -> None:
         self._upstream = upstream_port
-        self._clients: list[anyio.abc.SocketStream] = []
+        self._clients: list[asyncio.StreamWriter] = []
         self.port = 0
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[ResettingProxy]:
-        listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
-        self.port = listener.extra(anyio.abc.SocketAttribute.local_port)
-        async with listener, anyio.create_task_group() as tg:
-            tg.start_soon(listener.serve, self._forward)
-            try:
-                yield self
-            finally:
-                tg.cancel_scope.cancel()
+        server = await asyncio.start_server(self._forward, "127.0.0.1", 0)
+        self.port = server.sockets[0].getsockname()[1]
+        try:
+            yield self
+        finally:
+            server.close()
+            await self.reset()
+            await server.wait_closed()
 
     async def reset(self) -> None:
         for client in self._clients:
-            raw = client.extra(anyio.abc.SocketAttribute.raw_socket)
+            raw = client.get_extra_info("socket")
             raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            await client.aclose()
+            client.transport.abort()
         self._clients.clear()
 
-    async def _forward(self, client: anyio.abc.SocketStream) -> None:
-        self._clients.append(client)
-        upstream = await anyio.connect_tcp("127.0.0.1", self._upstream)
-        async with client, upstream, anyio.create_task_group() as tg:
-            tg.start_soon(_pump, client, upstream)
-            tg.start_soon(_pump, upstream, client)
+    async def _forward(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self._clients.append(writer)
+        up_reader, up_writer = await asyncio.open_connection(
+            "127.0.0.1", self._upstream
+        )
+        await asyncio.gather(_pump(reader, up_writer), _pump(up_reader, writer))
 
 
-async def _pump(src: anyio.abc.SocketStream, dst: anyio.abc.SocketStream) -> None:
+async def _pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
     try:
-        async for chunk in src:
-            await dst.send(chunk)
-    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+        while chunk := await src.read(65536):
+            dst.write(chunk)
+            await dst.drain()
+    except OSError:  # reset
         pass
     finally:
-        await dst.aclose()
+        dst.transport.abort()
 
 
 async def test_a_write_on_a_reset_connection_is_a_connection_error(
