@@ -56,13 +56,6 @@ class TypeTally:
 
     def observe(self, duration_s: float, age_s: float) -> None:
         """Record one handler call: its duration and the event's age at start."""
-        self.duration[bisect_left(BUCKETS_S, duration_s)] += 1
-        self.duration_sum += duration_s
-        self.age[bisect_left(BUCKETS_S, age_s)] += 1
-        self.age_sum += age_s
-
-    def ok(self, duration_s: float, age_s: float) -> None:
-        """Record one handler call that succeeded: `observe`, counted ``ok``."""
         if duration_s <= _FIRST_BUCKET_S:  # the usual case of a quick handler
             self.duration[0] += 1
         else:
@@ -70,7 +63,6 @@ class TypeTally:
         self.duration_sum += duration_s
         self.age[bisect_left(BUCKETS_S, age_s)] += 1
         self.age_sum += age_s
-        self.counts[OK] += 1
 
 
 #: The ``slot`` label values of ``agentstream_slot_wait_seconds``: a handler

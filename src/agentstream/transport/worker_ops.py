@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import (
-    Sequence,
-)
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,14 +127,16 @@ class WorkerOps(StreamCore):
 
         async def read() -> list[tuple[bytes, RawFields]]:
             client = self.raw
-            parsed = not isinstance(client, aioredis.Redis)
+            entries: Callable[[Any], list[tuple[bytes, RawFields]]]
             if isinstance(client, aioredis.Redis):
                 replies = await round_trip(client, commands)
+                entries = stream_entries
             else:  # a cluster: redis-py routes by slot and parses the replies
                 async with client.pipeline(transaction=False) as pipe:
                     for command in commands:
                         send(pipe, command)
                     replies = await pipe.execute(raise_on_error=False)
+                entries = _parsed_entries
             acked, rows = replies[0], replies[-1]
             if ack_ids and isinstance(acked, Exception):
                 if not (ackdel and self.feature_lost(acked)):
@@ -145,10 +145,7 @@ class WorkerOps(StreamCore):
                 await client.xack(self.stream, self.group, *ack_ids)
             if isinstance(rows, Exception):
                 raise rows
-            if parsed:
-                entries: list[tuple[bytes, RawFields]] = rows[0][1] if rows else []
-                return entries
-            return stream_entries(rows)
+            return entries(rows)
 
         return await self.acall("xreadgroup", read, recreate=True)
 
@@ -602,6 +599,11 @@ class WorkerOps(StreamCore):
             "members", lambda: script(keys=[key], args=[member, ttl_ms])
         )
         return sorted(decode_id(r) for r in rows)
+
+
+def _parsed_entries(rows: Any) -> list[tuple[bytes, RawFields]]:
+    """The entries of an XREADGROUP reply redis-py parsed (``parse_xread``)."""
+    return rows[0][1] if rows else []
 
 
 def _replies(results: list[Any]) -> list[Any]:

@@ -670,9 +670,9 @@ class Consumer:
             # Looked up after the handler: the reporter may have taken the
             # tally meanwhile, and counts added to the old one would be lost.
             started = job.started_at
-            self.tally.of(event.type).ok(
-                _monotonic() - started, self._age_at(job.id, started)
-            )
+            type_tally = self.tally.of(event.type)
+            type_tally.observe(_monotonic() - started, self._age_at(job.id, started))
+            type_tally.counts[OK] += 1
             self._ack(job)
         else:
             await self._conclude(job, outcome, error)
